@@ -1,0 +1,88 @@
+"""Compare what a walk saw with the snapshot, page by page, and name each change.
+
+- ``link_added``: an id the snapshot does not hold.
+- ``link_updated``: a known id whose album, asset, ``created_at`` or ``updated_at``
+  differs; the change carries the previous values.
+- ``link_removed``: decided elsewhere (``feed.engine``), only after a complete walk and
+  an ``ids`` lookup that confirms the link is gone.
+
+A row seen twice in one walk yields at most one event: the second sighting finds the
+snapshot already equal to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from feed.events import Change, LinkRow
+from feed.links import Link
+from feed.store import SeenSet, SnapshotStore
+
+
+@dataclass
+class PageDiff:
+    changes: list[Change] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def diff_page(store: SnapshotStore, seen: SeenSet, links: Sequence[Link]) -> PageDiff:
+    """Apply one page to the snapshot (inside the caller's transaction); return its changes."""
+    result = PageDiff()
+    latest: dict[str, LinkRow] = {}
+    for link in links:
+        if link.id in latest:
+            result.duplicates += 1
+        latest[link.id] = link.as_row()
+    if not latest:
+        return result
+
+    known = store.get_many(list(latest))
+    added: list[LinkRow] = []
+    updated: list[LinkRow] = []
+    for link_id, row in latest.items():
+        old = known.get(link_id)
+        if old is None:
+            added.append(row)
+            continue
+        if old[0] in seen:
+            result.duplicates += 1
+        seen.add(old[0])
+        previous: LinkRow = old[1:]  # type: ignore[assignment]
+        if previous != row:
+            updated.append(row)
+            result.changes.append(Change("link_updated", row, previous))
+
+    for rid in store.insert_links(added):
+        seen.add(rid)
+    result.changes.extend(Change("link_added", row) for row in added)
+    if updated:
+        store.update_links(updated)
+    return result
+
+
+def diff_confirmed(
+    store: SnapshotStore,
+    seen: SeenSet,
+    candidates: Sequence[LinkRow],
+    still_there: dict[str, Link],
+) -> list[Change]:
+    """Turn removal candidates into changes, given which of them an id lookup still found.
+
+    A candidate the lookup found was missed by the walk (it moved under the cursor): it
+    is not removed, and it is an update if it changed.
+    """
+    changes: list[Change] = []
+    gone: list[str] = []
+    for old in candidates:
+        current = still_there.get(old[0])
+        if current is None:
+            changes.append(Change("link_removed", old))
+            gone.append(old[0])
+            continue
+        row = current.as_row()
+        if row != old:
+            store.update_links([row])
+            changes.append(Change("link_updated", row, old))
+    store.delete_links(gone)
+    return changes

@@ -1,0 +1,341 @@
+"""The checkpoint: the last published state of every link, the walk in progress, the outbox.
+
+One SQLite file in WAL mode. Everything that must agree is written in one SQLite
+transaction: the snapshot rows a batch of pages changed, the events those changes
+became (the *outbox*), the walk's cursor and the set of links it has seen. The outbox
+is emptied only once Kafka holds its events (see ``docs/guarantees.md``).
+
+The walk's *seen* set is a bitmap over the snapshot's row ids: one bit per link, so a
+walk of a million links holds 128 KiB, not the library.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from feed.errors import StateError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS links (
+    rid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    album_id TEXT NOT NULL,
+    asset_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS walk (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    walk_id INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    resume TEXT NOT NULL,
+    pages INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    seen BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    key BLOB,
+    value BLOB NOT NULL,
+    event_id TEXT NOT NULL
+);
+"""
+
+# (rid, id, album_id, asset_id, created_at, updated_at)
+SnapshotRow = tuple[int, str, str, str, str, str]
+
+
+class SeenSet:
+    """Which snapshot rows the walk in progress has seen, one bit per row id."""
+
+    def __init__(self, data: bytes | None = None) -> None:
+        self._bits = bytearray(zlib.decompress(data)) if data else bytearray()
+
+    def add(self, rid: int) -> None:
+        byte = rid >> 3
+        if byte >= len(self._bits):
+            self._bits.extend(b"\0" * (byte - len(self._bits) + 4096))
+        self._bits[byte] |= 1 << (rid & 7)
+
+    def __contains__(self, rid: int) -> bool:
+        byte = rid >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (rid & 7)))
+
+    def dump(self) -> bytes:
+        return zlib.compress(bytes(self._bits), 1)
+
+
+@dataclass
+class WalkState:
+    """The walk in progress, as checkpointed."""
+
+    walk_id: int
+    started_at: float
+    resume: list[str] = field(default_factory=list)
+    pages: int = 0
+    rows: int = 0
+    seen: SeenSet = field(default_factory=SeenSet)
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    seq: int
+    kind: str
+    topic: str
+    key: bytes | None
+    value: bytes
+    event_id: str
+
+
+class SnapshotStore:
+    """The SQLite checkpoint of one library."""
+
+    def __init__(self, path: Path, library: str) -> None:
+        self.path = path
+        self.library = library
+        self._db = _connect(path)
+        self._in_tx = False
+        self._migrate()
+
+    def close(self) -> None:
+        if self._in_tx:
+            self._db.execute("ROLLBACK")
+            self._in_tx = False
+        self._db.close()
+
+    # -- transactions ------------------------------------------------------------------
+
+    def begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        if self._in_tx:
+            self._db.execute("COMMIT")
+            self._in_tx = False
+
+    def rollback(self) -> None:
+        if self._in_tx:
+            self._db.execute("ROLLBACK")
+            self._in_tx = False
+
+    # -- the snapshot ------------------------------------------------------------------
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, SnapshotRow]:
+        found: dict[str, SnapshotRow] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT rid, id, album_id, asset_id, created_at, updated_at FROM links WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+            for row in self._db.execute(sql, chunk):
+                found[row[1]] = row
+        return found
+
+    def insert_links(self, rows: Iterable[tuple[str, str, str, str, str]]) -> list[int]:
+        """Insert new links; returns their row ids in order."""
+        cur = self._db.cursor()
+        rids = []
+        for row in rows:
+            cur.execute(
+                "INSERT INTO links (id, album_id, asset_id, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+            rids.append(int(cur.lastrowid or 0))
+        return rids
+
+    def update_links(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
+        self._db.executemany(
+            "UPDATE links SET album_id = ?2, asset_id = ?3, created_at = ?4, updated_at = ?5"
+            " WHERE id = ?1",
+            rows,
+        )
+
+    def delete_links(self, ids: Iterable[str]) -> None:
+        self._db.executemany("DELETE FROM links WHERE id = ?", ((i,) for i in ids))
+
+    def count_links(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM links").fetchone()[0])
+
+    def iter_links(self, batch: int = 1000) -> Iterator[list[SnapshotRow]]:
+        """Every link, in row-id order, a batch at a time (bounded memory)."""
+        last = -1
+        while True:
+            rows = self._db.execute(
+                "SELECT rid, id, album_id, asset_id, created_at, updated_at FROM links"
+                " WHERE rid > ? ORDER BY rid LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
+
+    def unseen(self, seen: SeenSet, batch: int = 1000) -> Iterator[list[SnapshotRow]]:
+        """The links the walk did not see, a batch at a time."""
+        pending: list[SnapshotRow] = []
+        for rows in self.iter_links(batch=5000):
+            pending.extend(row for row in rows if row[0] not in seen)
+            while len(pending) >= batch:
+                yield pending[:batch]
+                pending = pending[batch:]
+        if pending:
+            yield pending
+
+    # -- the walk ----------------------------------------------------------------------
+
+    def load_walk(self) -> WalkState | None:
+        row = self._db.execute(
+            "SELECT walk_id, started_at, resume, pages, rows, seen FROM walk"
+        ).fetchone()
+        if row is None:
+            return None
+        return WalkState(
+            walk_id=row[0],
+            started_at=row[1],
+            resume=list(orjson.loads(row[2])),
+            pages=row[3],
+            rows=row[4],
+            seen=SeenSet(row[5]),
+            resumed=True,
+        )
+
+    def new_walk(self) -> WalkState:
+        walk_id = int(self.get_meta("walk_counter", 0)) + 1
+        self.set_meta("walk_counter", walk_id)
+        return WalkState(walk_id=walk_id, started_at=time.time())
+
+    def save_walk(self, walk: WalkState) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO walk (singleton, walk_id, started_at, resume, pages, rows,"
+            " seen) VALUES (1, ?, ?, ?, ?, ?, ?)",
+            (
+                walk.walk_id,
+                walk.started_at,
+                orjson.dumps(walk.resume).decode(),
+                walk.pages,
+                walk.rows,
+                walk.seen.dump(),
+            ),
+        )
+
+    def end_walk(self) -> None:
+        self._db.execute("DELETE FROM walk")
+
+    # -- the outbox --------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        row = self._db.execute("SELECT max(seq) FROM outbox").fetchone()
+        published = int(self.get_meta("published_seq", 0))
+        return max(int(row[0] or 0), published) + 1
+
+    def add_outbox(self, records: Iterable[OutboxRecord]) -> None:
+        self._db.executemany(
+            "INSERT INTO outbox (seq, kind, topic, key, value, event_id) VALUES (?,?,?,?,?,?)",
+            ((r.seq, r.kind, r.topic, r.key, r.value, r.event_id) for r in records),
+        )
+
+    def outbox(self, after: int = 0, limit: int = 10_000) -> list[OutboxRecord]:
+        rows = self._db.execute(
+            "SELECT seq, kind, topic, key, value, event_id FROM outbox WHERE seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [OutboxRecord(*row) for row in rows]
+
+    def outbox_size(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def mark_published(self, seq: int) -> None:
+        """Kafka holds every record up to ``seq``: drop them from the outbox."""
+        own_tx = not self._in_tx
+        if own_tx:
+            self.begin()
+        self._db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+        if seq > int(self.get_meta("published_seq", 0)):
+            self.set_meta("published_seq", seq)
+        if own_tx:
+            self.commit()
+
+    # -- meta --------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return orjson.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            (key, orjson.dumps(value).decode()),
+        )
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"the state file {self.path} has schema version {version}, newer than "
+                    f"this release understands ({SCHEMA_VERSION}); run the newer release "
+                    "or point FEED_STATE__PATH elsewhere"
+                )
+            if version < SCHEMA_VERSION:
+                self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+            self._check_library()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(_unreadable(self.path, exc)) from None
+
+    def _check_library(self) -> None:
+        owner = self.get_meta("library")
+        if owner is None:
+            self.set_meta("library", self.library)
+        elif owner != self.library:
+            raise StateError(
+                f"the state file {self.path} belongs to library {owner!r}, not "
+                f"{self.library!r}; use one state file per library (FEED_STATE__PATH)"
+            )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk before the events it holds go to Kafka, even
+        # across a power loss; the cost is one fsync per checkpoint, not per page.
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("PRAGMA cache_size = -16000")
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(_unreadable(path, exc)) from None
+    except OSError as exc:
+        raise StateError(f"cannot open the state file {path}: {exc}") from None
+    return db
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    return (
+        f"the state file {path} cannot be read ({exc}). feed will not guess: starting "
+        "from an empty state would re-publish every link. Restore it from a backup, or "
+        "move it aside to start over deliberately (consumers will see every link again)."
+    )

@@ -1,0 +1,99 @@
+"""`feed tail`: read the events topic and print each event readably."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError
+
+from feed.settings import Settings
+
+
+def tail(
+    settings: Settings,
+    *,
+    from_beginning: bool,
+    album: str | None,
+    asset: str | None,
+    limit: int,
+    idle_timeout: float,
+    as_json: bool,
+    stop: threading.Event,
+) -> int:
+    """Print events until stopped, ``limit`` events, or ``idle_timeout`` seconds of quiet."""
+    k = settings.kafka
+    topics = (
+        [f"{k.topic}.{t}" for t in ("link_added", "link_updated", "link_removed")]
+        if k.topic_per_type
+        else [k.topic]
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": k.bootstrap_servers,
+            **k.config,
+            "group.id": f"feed-tail-{uuid.uuid4()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+
+    def on_assign(c: Any, partitions: list[Any]) -> None:
+        for p in partitions:
+            p.offset = start
+        c.assign(partitions)
+
+    consumer.subscribe(topics, on_assign=on_assign)
+    shown = 0
+    quiet_since = time.monotonic()
+    try:
+        while not stop.is_set():
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if idle_timeout and time.monotonic() - quiet_since > idle_timeout:
+                    break
+                continue
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    print(f"feed tail: {msg.error()}", file=sys.stderr)
+                continue
+            quiet_since = time.monotonic()
+            doc = orjson.loads(msg.value())
+            link = doc.get("link", {})
+            if album and link.get("album_id") != album:
+                continue
+            if asset and link.get("asset_id") != asset:
+                continue
+            print(
+                msg.value().decode()
+                if as_json
+                else _line(doc, msg.partition(), msg.offset()),
+                flush=True,
+            )
+            shown += 1
+            if limit and shown >= limit:
+                break
+    finally:
+        consumer.close()
+    return 0
+
+
+def _line(doc: dict[str, Any], partition: int, offset: int) -> str:
+    link = doc["link"]
+    sign = {"link_added": "+", "link_updated": "~", "link_removed": "-"}.get(
+        doc["type"], "="
+    )
+    line = (
+        f"{doc['detected_at'][:19]}Z {sign} {doc['type']:<13} {link['id']}  "
+        f"album={link['album_id']} asset={link['asset_id']} "
+        f"updated_at={link['updated_at']}  [p{partition}@{offset} walk {doc['source']['walk']}]"
+    )
+    previous = doc.get("previous")
+    if previous and previous.get("updated_at") != link["updated_at"]:
+        line += f"  (was {previous['updated_at']})"
+    return line
