@@ -6,6 +6,7 @@ every other failure is raised as the error type that says what to do about it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,11 +22,12 @@ from feed.errors import (
     FatalUpstreamError,
     PageFormatError,
     TransientError,
+    WalkIncomplete,
 )
 from feed.links import Link, ParsedPage, parse_link, parse_page
 from feed.ratelimit import TokenBucket, shared_bucket
 from feed.retry import RetryPolicy, retry_after_seconds, should_retry
-from feed.settings import MAX_IDS_PER_LOOKUP, ApiSettings
+from feed.settings import MAX_IDS_PER_LOOKUP, MAX_PAGE_LIMIT, ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +102,26 @@ class UpstreamClient:
         return found
 
     def albums(self) -> Iterator[dict[str, Any]]:
-        """Every album of the library, walked page by page."""
+        """Every album of the library, walked page by page.
+
+        Raises WalkIncomplete when the paging goes wrong (an empty page that claims more,
+        a cursor that comes back), so that a partial list is never taken for the whole.
+        """
         cursor: str | None = None
+        sent: set[str | None] = set()
         while True:
-            params = self._base_params(None) + [("limit", "200")]
+            sent.add(cursor)
+            params = self._base_params(None, with_album=False)
+            params.append(("limit", str(MAX_PAGE_LIMIT)))
             if cursor is not None:
                 params.append(("starting_after_id", cursor))
-            body = self._policy.call(
-                lambda p=params: self._get(ALBUMS_PATH, p),
-                f"GET {ALBUMS_PATH}",  # type: ignore[misc]
+            rows, has_more = self._policy.call(
+                functools.partial(self._album_page, params), f"GET {ALBUMS_PATH}"
             )
-            doc = orjson.loads(body)
-            rows = doc.get("data") or []
             yield from rows
-            if not rows or not doc.get("has_more") or rows[-1].get("id") == cursor:
+            if not has_more:
                 return
-            cursor = rows[-1]["id"]
+            cursor = _next_album_cursor(rows, sent)
 
     # -- the plumbing ----------------------------------------------------------------
 
@@ -128,14 +134,36 @@ class UpstreamClient:
             asked = set(batch)
             return {link.id: link for link in doc.links if link.id in asked}
 
-        return self._policy.call(attempt, f"GET {LINKS_PATH} (ids lookup of {len(batch)})")
+        what = f"GET {LINKS_PATH} (ids lookup of {len(batch)})"
+        return self._policy.call(attempt, what)
 
-    def _base_params(self, album_id: str | None) -> list[tuple[str, str]]:
+    def _album_page(
+        self, params: list[tuple[str, str]]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        # Parsed inside the retried call: a cut or foreign body is as transient here as
+        # on the links.
+        body = self._get(ALBUMS_PATH, params)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise PageFormatError(f"the albums page is not JSON ({exc})") from None
+        rows = doc.get("data") if isinstance(doc, dict) else None
+        has_more = doc.get("has_more") if isinstance(doc, dict) else None
+        if not isinstance(rows, list) or not isinstance(has_more, bool):
+            raise PageFormatError(
+                "the albums page is not a page: expected `data` and `has_more`"
+            )
+        return [row for row in rows if isinstance(row, dict)], has_more
+
+    def _base_params(
+        self, album_id: str | None, *, with_album: bool = True
+    ) -> list[tuple[str, str]]:
         params: list[tuple[str, str]] = []
         if self.settings.library_id:
             params.append(("library_id", self.settings.library_id))
+        # /api/albums has no album filter: the configured album only narrows the links.
         album = album_id or self.settings.album_id
-        if album:
+        if album and with_album:
             params.append(("album_id", album))
         return params
 
@@ -144,7 +172,7 @@ class UpstreamClient:
     ) -> bytes:
         self._bucket.acquire()
         try:
-            response = self._http.get(path, params=params)
+            response = self._http.get(path, params=tuple(params))
         except httpx.TimeoutException as exc:
             metrics.REQUESTS.labels("timeout").inc()
             raise TransientError(f"timed out: {exc!r}", reason="timeout") from None
@@ -163,10 +191,15 @@ class UpstreamClient:
         self._raise_for(response, cursor)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _redact(self, text: str) -> str:
+        key = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+        return text.replace(key, "**********") if key else text
+
     def _raise_for(self, response: httpx.Response, cursor: str | None) -> None:
         status = response.status_code
         headers = response.headers
-        text = response.text[:300]
+        # Some servers echo the credentials they refuse; the key must never reach a log.
+        text = self._redact(response.text)[:300]
         if cursor is not None and _names_lost_cursor(status, text):
             raise CursorLostError(
                 f"the cursor row {cursor!r} no longer exists upstream ({status}: {text})",
@@ -175,9 +208,9 @@ class UpstreamClient:
             )
         if status in (401, 403):
             raise AuthError(
-                f"the upstream refused the API key ({status}): it is missing, wrong or lacks "
-                f"access; check FEED_API__API_KEY (and FEED_API__LIBRARY_ID). Server said: "
-                f"{text}",
+                f"the upstream refused the API key ({status}): it is missing, wrong or "
+                f"lacks access; check FEED_API__API_KEY (and FEED_API__LIBRARY_ID). "
+                f"Server said: {text}",
                 status=status,
             )
         if should_retry(status, headers):
@@ -193,6 +226,29 @@ class UpstreamClient:
         raise FatalUpstreamError(
             f"HTTP {status} from the upstream: {text}.{hint}", status=status
         )
+
+
+def _next_album_cursor(rows: list[dict[str, Any]], sent: set[str | None]) -> str:
+    if not rows:
+        raise WalkIncomplete(
+            "the albums listing sent an empty page with has_more true",
+            reason="empty page with has_more",
+            resumable=False,
+        )
+    last = rows[-1].get("id")
+    if not isinstance(last, str) or not last:
+        raise WalkIncomplete(
+            "the last album of a page has no usable id to continue from",
+            reason="no cursor",
+            resumable=False,
+        )
+    if last in sent:
+        raise WalkIncomplete(
+            f"the albums listing led back to cursor {last!r}: a paging loop",
+            reason="paging loop",
+            resumable=False,
+        )
+    return last
 
 
 def _names_lost_cursor(status: int, text: str) -> bool:

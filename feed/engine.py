@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from feed import metrics
+from feed import failpoints, metrics
 from feed.client import UpstreamClient
 from feed.diff import diff_confirmed, diff_page
 from feed.errors import (
@@ -172,7 +172,9 @@ class Feed:
         self.store.begin()
         try:
             for page in pages:
+                failpoints.hit("after_fetch")
                 pending += self._apply_page(walk, page, report)
+                failpoints.hit("after_diff")
                 now = time.monotonic()
                 if now - last_progress >= PROGRESS_EVERY_SECONDS:
                     self._progress(report, walk, now)
@@ -406,7 +408,9 @@ class Feed:
             return  # a dry run changes nothing: its transaction is rolled back at the end
         if not ended:
             self.store.save_walk(walk)
+        failpoints.hit("before_state_commit")
         self.store.commit()
+        failpoints.hit("after_state_commit")
         self.drain()
         self.store.begin()
 

@@ -28,28 +28,42 @@ from feed.errors import PageFormatError
 log = logging.getLogger(__name__)
 
 
-def canonical_time(value: Any, info: ValidationInfo | None = None) -> str:
+def canonical_time(value: Any) -> str:
     """Parse an ISO-8601 timestamp into the canonical UTC form.
 
-    A timestamp without a zone is read as UTC; the page parser warns about it.
+    A timestamp without a zone is read as UTC; the page parser reports and warns about it.
     """
+    return _canonical(_moment(value))
+
+
+def _moment(value: Any) -> datetime:
     if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
+        return value
+    if isinstance(value, str):
         try:
-            moment = datetime.fromisoformat(value)
+            return datetime.fromisoformat(value)
         except ValueError:
             raise ValueError("not an ISO-8601 date-time") from None
-    else:
-        raise ValueError("not an ISO-8601 date-time")
+    raise ValueError("not an ISO-8601 date-time")
+
+
+def _canonical(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-        if info is not None and isinstance(info.context, dict):
-            info.context.setdefault("naive", []).append(value)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-Timestamp = Annotated[str, BeforeValidator(canonical_time)]
+def _timestamp_field(value: Any, info: ValidationInfo) -> str:
+    # ``info`` must stay a required argument: pydantic hands it only to validators whose
+    # signature demands it, and an optional one silently received None.
+    moment = _moment(value)
+    if moment.tzinfo is None and isinstance(info.context, dict):
+        link_id = info.data.get("id", "?")
+        info.context.setdefault("naive", []).append(f"{link_id} {info.field_name}={value}")
+    return _canonical(moment)
+
+
+Timestamp = Annotated[str, BeforeValidator(_timestamp_field)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
@@ -96,6 +110,7 @@ class ParsedPage:
     has_more: bool
     row_count: int
     last_id: str | None
+    # One "<link id> <field>=<value>" entry per timestamp without a zone (read as UTC).
     naive_timestamps: list[str] = field(default_factory=list)
 
 
@@ -123,7 +138,16 @@ def parse_page(body: bytes) -> ParsedPage:
         links = _LINKS.validate_python(rows, context=context)
         rejected: list[RowRejection] = []
     except ValidationError:
+        # A fresh context: the failed pass may already have noted some naive stamps.
+        context = {}
         links, rejected = _validate_one_by_one(rows, context)
+    naive = context.get("naive", [])
+    if naive:
+        log.warning(
+            "%d timestamp(s) without a zone, read as UTC: %s",
+            len(naive),
+            "; ".join(naive[:5]),
+        )
     last = rows[-1] if rows else None
     last_id = last.get("id") if isinstance(last, dict) else None
     return ParsedPage(
@@ -132,7 +156,7 @@ def parse_page(body: bytes) -> ParsedPage:
         has_more=has_more,
         row_count=len(rows),
         last_id=last_id if isinstance(last_id, str) and last_id else None,
-        naive_timestamps=context.get("naive", []),
+        naive_timestamps=naive,
     )
 
 
@@ -146,10 +170,14 @@ def _validate_one_by_one(
     links: list[Link] = []
     rejected: list[RowRejection] = []
     for raw in rows:
+        # Per row, so that a rejected row's stamps are not reported as read.
+        row_context: dict[str, list[str]] = {}
         try:
-            links.append(_LINK.validate_python(raw, context=context))
+            links.append(_LINK.validate_python(raw, context=row_context))
         except ValidationError as exc:
             rejected.append(_rejection(raw, exc))
+            continue
+        context.setdefault("naive", []).extend(row_context.get("naive", []))
     return links, rejected
 
 
@@ -157,7 +185,8 @@ def _rejection(raw: Any, exc: ValidationError) -> RowRejection:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(row)"
     link_id = raw.get("id") if isinstance(raw, dict) else None
-    value = repr(first.get("input"))
+    # For a missing field pydantic's "input" is the whole row; say what is wrong instead.
+    value = "(missing)" if first["type"] == "missing" else repr(first.get("input"))
     if len(value) > 120:
         value = value[:117] + "..."
     return RowRejection(

@@ -23,7 +23,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from feed import metrics
+from feed import failpoints, metrics
 from feed.errors import ConfigError, ProducerFencedError, PublishError
 from feed.events import headers_for
 from feed.settings import KafkaSettings
@@ -165,16 +165,23 @@ class Publisher:
     def _publish_transaction(self, records: Sequence[OutboxRecord], walk: int) -> None:
         p = self._producer
         p.begin_transaction()
-        for record in records:
+        for n, record in enumerate(records):
             self._produce(record)
+            if n == len(records) // 2 and failpoints.armed("mid_produce"):
+                p.flush(10)  # let the first half reach the broker before dying
+                failpoints.hit("mid_produce")
         marker = orjson.dumps({"seq": records[-1].seq, "walk": walk, "at": time.time()})
         p.produce(self.settings.checkpoint_topic, marker, self.transactional_id.encode())
+        failpoints.hit("before_kafka_commit")
         p.commit_transaction(self._commit_timeout())
 
     def _publish_plain(self, records: Sequence[OutboxRecord]) -> None:
         self._failed = []
-        for record in records:
+        for n, record in enumerate(records):
             self._produce(record)
+            if n == len(records) // 2 and failpoints.armed("mid_produce"):
+                self._producer.flush(10)
+                failpoints.hit("mid_produce")
         left = self._producer.flush(self._commit_timeout())
         if left or self._failed:
             reason = self._failed[0] if self._failed else f"{left} still queued"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -61,7 +62,7 @@ def retry_after_seconds(
         seconds = float(raw)
     except ValueError:
         return _seconds_until_http_date(raw, now)
-    return seconds if seconds >= 0 and seconds == seconds else None  # NaN is not a delay
+    return seconds if seconds >= 0 and not math.isnan(seconds) else None
 
 
 def _seconds_until_http_date(raw: str, now: Callable[[], float]) -> float | None:
@@ -104,12 +105,13 @@ class RetryPolicy:
                 )
                 return self.max_delay
             return asked
-        ceiling = min(self.backoff_max, self.initial * 2 ** (attempt - 1), self.max_delay)
+        doubled = self.initial * 2.0 ** (attempt - 1)
+        ceiling = min(self.backoff_max, doubled, self.max_delay)
         # Jitter keeps many publishers from retrying in step after a shared outage.
         return ceiling * (0.75 + random.random() * 0.25)
 
     def call(self, fn: Callable[[], T], what: str) -> T:
-        """Run ``fn``, retrying transient failures; re-raise the last one when out of tries."""
+        """Run ``fn``, retrying transient failures; re-raise the last one at the end."""
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError),
             stop=tenacity.stop_after_attempt(self.max_attempts)

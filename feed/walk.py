@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from feed import metrics
 from feed.client import UpstreamClient
 from feed.errors import CursorLostError, TransientError, WalkIncomplete
-from feed.links import Link, RowRejection
+from feed.links import Link, ParsedPage, RowRejection
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class WalkPage:
     links: list[Link]
     rejected: list[RowRejection]
     resume: list[str]
+    # "<link id> <field>=<value>" for each timestamp without a zone, read as UTC.
+    naive_timestamps: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,31 +77,22 @@ class PageWalk:
 
     def __iter__(self) -> Iterator[WalkPage]:
         sent: set[str | None] = set()
+        lost: set[str] = set()
         restarts = 0
         cursor = self._candidates[-1] if self._candidates else None
         while True:
-            if cursor in sent:
-                self._fail(
-                    f"the upstream led back to cursor {cursor!r}: a paging loop", False
-                )
+            self._refuse_loop(cursor, sent, lost)
             try:
                 page = self._client.page(cursor, self._album)
             except CursorLostError:
+                if cursor is not None:
+                    lost.add(cursor)
                 cursor, restarts = self._step_back(cursor, restarts, sent)
                 continue
             except TransientError as exc:
                 self._fail(f"gave up on the page after {cursor!r}: {exc}", True)
             sent.add(cursor)
-            metrics.PAGES.inc()
-            metrics.ROWS.inc(page.row_count)
-            self.result.pages += 1
-            self.result.rows += page.row_count
-
-            if page.row_count > self._client.limit:
-                self._anomaly(
-                    f"page after {cursor!r} has {page.row_count} rows, more than the "
-                    f"limit of {self._client.limit}"
-                )
+            self._count(page, cursor)
             if page.row_count == 0:
                 if page.has_more:
                     self._fail(
@@ -109,14 +102,7 @@ class PageWalk:
                     )
                 break
 
-            ids = [link.id for link in page.links]
-            if page.last_id is not None and (not ids or ids[-1] != page.last_id):
-                ids.append(page.last_id)  # the last row was rejected but still has an id
-            self._candidates = (self._candidates + ids)[-RESUME_DEPTH:]
-            self.result.rejected += len(page.rejected)
-            yield WalkPage(
-                self.result.pages, page.links, page.rejected, list(self._candidates)
-            )
+            yield self._accept(page)
 
             if not page.has_more:
                 break
@@ -131,6 +117,44 @@ class PageWalk:
         self.result.complete = True
         self.result.reason = "complete"
 
+    def _refuse_loop(
+        self, cursor: str | None, sent: set[str | None], lost: set[str]
+    ) -> None:
+        if cursor in lost:
+            self._fail(
+                f"the upstream reported cursor row {cursor!r} deleted, then listed it "
+                "again; its paging cannot be trusted",
+                False,
+            )
+        if cursor in sent:
+            self._fail(f"the upstream led back to cursor {cursor!r}: a paging loop", False)
+
+    def _count(self, page: ParsedPage, cursor: str | None) -> None:
+        metrics.PAGES.inc()
+        metrics.ROWS.inc(page.row_count)
+        self.result.pages += 1
+        self.result.rows += page.row_count
+        if page.row_count > self._client.limit:
+            self._anomaly(
+                f"page after {cursor!r} has {page.row_count} rows, more than the "
+                f"limit of {self._client.limit}"
+            )
+
+    def _accept(self, page: ParsedPage) -> WalkPage:
+        """Remember where to resume after ``page`` and hand it on."""
+        ids = [link.id for link in page.links]
+        if page.last_id is not None and (not ids or ids[-1] != page.last_id):
+            ids.append(page.last_id)  # the last row was rejected but still has an id
+        self._candidates = (self._candidates + ids)[-RESUME_DEPTH:]
+        self.result.rejected += len(page.rejected)
+        return WalkPage(
+            self.result.pages,
+            page.links,
+            page.rejected,
+            list(self._candidates),
+            page.naive_timestamps,
+        )
+
     def _step_back(
         self, lost: str | None, restarts: int, sent: set[str | None]
     ) -> tuple[str | None, int]:
@@ -139,6 +163,9 @@ class PageWalk:
             self._candidates.pop()
         if self._candidates:
             cursor = self._candidates[-1]
+            # Asking again after an earlier cursor is a deliberate step, not a loop the
+            # upstream led us into (with small pages every remembered id was a cursor).
+            sent.discard(cursor)
             log.warning(
                 "cursor row %r was deleted upstream; continuing after %r instead",
                 lost,

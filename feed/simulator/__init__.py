@@ -1,4 +1,4 @@
-"""A faithful local stand-in for Gumnut's album-assets API, for tests, demos and benchmarks."""
+"""A faithful local stand-in for Gumnut's album-assets API: tests, demos, benchmarks."""
 
 from feed.simulator.faults import Fault, Faults
 from feed.simulator.library import Library

@@ -10,7 +10,9 @@ Actions: ``status`` (any code, headers and body), ``drop`` (read the request, cl
 connection without answering), ``timeout`` (answer after a long sleep), ``truncate``,
 ``malformed`` (not JSON), ``wrong_shape`` (JSON, not a page), ``empty_has_more`` (empty
 page saying there is more), ``repeat`` (the same page again, the cursor goes nowhere),
-``long_page`` (more rows than asked for), ``delay`` (latency, then the real answer).
+``long_page`` (more rows than asked for), ``overlap`` (the previous page's last row
+again at the top), ``delay`` (latency, then the real answer). ``hidden`` ids are left
+out of list pages but found by id lookups.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ Action = Literal[
     "empty_has_more",
     "repeat",
     "long_page",
+    "overlap",
     "delay",
 ]
 
@@ -70,6 +73,9 @@ class Faults:
         self.deleted_cursor: CursorMode = "error404"
         self.timeout_seconds = 30.0
         self.retry_after: str | None = "1"
+        # Links left out of list pages but still found by id: what a walk sees when a
+        # row moves behind its cursor.
+        self.hidden: set[str] = set()
 
     def add(self, action: Action, **kwargs: Any) -> Fault:
         fault = Fault(action=action, **kwargs)
@@ -132,5 +138,5 @@ class Faults:
             if "seed" in spec:
                 self._rng.seed(spec["seed"])
         for item in spec.get("queue", []):
-            item = dict(item)
-            self.add(item.pop("action"), **item)
+            fields = dict(item)
+            self.add(fields.pop("action"), **fields)

@@ -30,7 +30,7 @@ class CursorMissing(LookupError):
     """The row named by ``starting_after_id`` does not exist."""
 
 
-@dataclass
+@dataclass(slots=True)  # millions of rows in the memory benchmark
 class Row:
     album_id: str
     asset_id: str

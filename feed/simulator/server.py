@@ -37,6 +37,7 @@ class Simulator:
     def __init__(
         self,
         libraries: list[Library] | None = None,
+        *,
         api_key: str = "sim-key",
         host: str = "127.0.0.1",
         port: int = 0,
@@ -49,6 +50,7 @@ class Simulator:
         self.requests: deque[str] = deque(maxlen=20_000)
         self.counts: Counter[str] = Counter()
         self.churn_per_second = churn_per_second
+        self._host = host
         self._server = _Server((host, port), _Handler)
         self._server.sim = self
         self._threads: list[threading.Thread] = []
@@ -64,11 +66,16 @@ class Simulator:
 
     @property
     def url(self) -> str:
-        return f"http://{self._server.server_address[0]}:{self.port}"
+        return f"http://{self._host}:{self.port}"
 
     def start(self) -> Simulator:
+        # A short poll interval: stop() waits for the loop to notice, 0.5 s by default,
+        # which every test that starts a simulator would pay.
         serve = threading.Thread(
-            target=self._server.serve_forever, name="sim-http", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="sim-http",
+            daemon=True,
         )
         serve.start()
         self._threads.append(serve)
@@ -117,7 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("sim: " + format, *args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("sim: %s", format % args)
 
     def setup(self) -> None:
         super().setup()
@@ -139,12 +147,13 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._json(200, {"status": "ok"})
             return
+        # Logged before the key is checked: tests count the requests a refused client sends.
+        sim.requests.append(self.path)
         if self.headers.get("Authorization") != f"Bearer {sim.api_key}":
             self._json(
                 401, {"error": "unauthorized", "detail": "invalid or missing API key"}
             )
             return
-        sim.requests.append(self.path)
         sim.counts[path.split("/")[2] if path.count("/") >= 2 else path] += 1
         if path.startswith("/_sim/"):
             self._admin(method, path)
@@ -255,8 +264,13 @@ class _Handler(BaseHTTPRequestHandler):
             detail = f"starting_after_id {cursor} not found"
             self._json(status, {"error": "invalid_cursor", "detail": detail})
             return
+        hidden = self.server.sim.faults.hidden
+        if hidden:
+            rows = [row for row in rows if row.get("id") not in hidden]
         if fault is not None:
-            rows, has_more = self._bend_page(lib, rows, has_more, cursor, limit, fault)
+            rows, has_more = self._bend_page(
+                lib, rows, has_more, cursor=cursor, limit=limit, fault=fault
+            )
         body = orjson.dumps({"data": rows, "has_more": has_more})
         if fault is not None and fault.action == "truncate":
             body = body[: max(1, len(body) // 2)]
@@ -267,12 +281,16 @@ class _Handler(BaseHTTPRequestHandler):
         lib: Library,
         rows: list[dict[str, Any]],
         has_more: bool,
+        *,
         cursor: str | None,
         limit: int,
         fault: Fault,
     ) -> tuple[list[dict[str, Any]], bool]:
         if fault.action == "repeat" and cursor is not None and cursor in lib.rows:
             return [lib.render(cursor)], True
+        if fault.action == "overlap" and cursor is not None and cursor in lib.rows:
+            # The previous page's last row shows up again at the top of this one.
+            return [lib.render(cursor), *rows[: limit - 1]], has_more or len(rows) == limit
         if fault.action == "long_page":
             more, _ = lib.page(
                 cursor, min(MAX_LIMIT, limit * 2) or 1, cursor_must_exist=False
