@@ -429,6 +429,7 @@ class Feed:
                 lambda r=records: publisher.publish(r, walk_id),  # type: ignore[misc]
                 f"publishing {len(records)} records",
             )
+            failpoints.hit("after_kafka_commit")
             for record in records:
                 if record.kind == "event":
                     metrics.EVENTS.labels(orjson.loads(record.value)["type"]).inc()

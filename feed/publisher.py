@@ -182,6 +182,7 @@ class Publisher:
             if n == len(records) // 2 and failpoints.armed("mid_produce"):
                 self._producer.flush(10)
                 failpoints.hit("mid_produce")
+        failpoints.hit("before_kafka_commit")  # produced, deliveries not yet confirmed
         left = self._producer.flush(self._commit_timeout())
         if left or self._failed:
             reason = self._failed[0] if self._failed else f"{left} still queued"

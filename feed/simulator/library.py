@@ -7,10 +7,11 @@ rely on it). A million links take a few seconds and a few hundred MB to create.
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -161,7 +162,13 @@ class Library:
         album_id: str | None = None,
         asset_id: str | None = None,
         cursor_must_exist: bool = True,
+        hidden: Collection[str] = (),
     ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` rows after ``cursor``, and whether there are more.
+
+        ``hidden`` rows are skipped before the page is cut, so that the next rows take
+        their place: a hidden row looks moved away, not like a hole in the page.
+        """
         with self.lock:
             ids = self._by_album.get(album_id, []) if album_id else self._ids
             start = 0
@@ -169,10 +176,16 @@ class Library:
                 if cursor_must_exist and cursor not in self.rows:
                     raise CursorMissing(cursor)
                 start = bisect.bisect_right(ids, cursor)
-            if asset_id is not None:
-                chosen = [i for i in ids[start:] if self.rows[i].asset_id == asset_id]
-                return [self.render(i) for i in chosen[:limit]], len(chosen) > limit
-            chosen = ids[start : start + limit + 1]
+            if asset_id is None and not hidden:
+                chosen = ids[start : start + limit + 1]
+            else:
+                wanted = (
+                    i
+                    for i in itertools.islice(ids, start, None)
+                    if i not in hidden
+                    and (asset_id is None or self.rows[i].asset_id == asset_id)
+                )
+                chosen = list(itertools.islice(wanted, limit + 1))
             return [self.render(i) for i in chosen[:limit]], len(chosen) > limit
 
     def lookup(self, ids: Iterable[str]) -> list[dict[str, Any]]:

@@ -258,15 +258,13 @@ class _Handler(BaseHTTPRequestHandler):
                 album_id=query.get("album_id", [None])[0],
                 asset_id=query.get("asset_id", [None])[0],
                 cursor_must_exist=mode != "continue",
+                hidden=self.server.sim.faults.hidden,
             )
         except CursorMissing:
             status = 404 if mode == "error404" else 400
             detail = f"starting_after_id {cursor} not found"
             self._json(status, {"error": "invalid_cursor", "detail": detail})
             return
-        hidden = self.server.sim.faults.hidden
-        if hidden:
-            rows = [row for row in rows if row.get("id") not in hidden]
         if fault is not None:
             rows, has_more = self._bend_page(
                 lib, rows, has_more, cursor=cursor, limit=limit, fault=fault
