@@ -37,7 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
 
 
-def measure(scenario: str, base_url: str, bootstrap: str, state: Path, topic: str) -> dict[str, Any]:
+def measure(
+    scenario: str, base_url: str, bootstrap: str, state: Path, topic: str
+) -> dict[str, Any]:
     """Run one scenario in this process and return its figures."""
     from feed.client import UpstreamClient
     from feed.engine import Feed
@@ -47,10 +49,14 @@ def measure(scenario: str, base_url: str, bootstrap: str, state: Path, topic: st
     settings = Settings(
         api={"base_url": base_url, "api_key": API_KEY, "requests_per_second": 1e6},
         state={"path": state},
-        kafka={"bootstrap_servers": bootstrap, "topic": topic,
-               "checkpoint_topic": f"{topic}.checkpoints",
-               "watermark_topic": f"{topic}.watermarks",
-               "dead_letter_topic": f"{topic}.dead", "transactional_id": topic},
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "topic": topic,
+            "checkpoint_topic": f"{topic}.checkpoints",
+            "watermark_topic": f"{topic}.watermarks",
+            "dead_letter_topic": f"{topic}.dead",
+            "transactional_id": topic,
+        },
         metrics={"enabled": False},
         log={"level": "WARNING"},
     )
@@ -92,21 +98,48 @@ def _free_port() -> int:
 
 
 def _run_child(args: list[str]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
-                         text=True, check=False, timeout=3600)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=3600,
+    )
     if out.returncode != 0:
         raise SystemExit(f"scenario {args[0]} failed:\n{out.stderr[-3000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def run(links: int, latency_ms: float, smoke: bool) -> list[dict[str, Any]]:
-    bootstrap = subprocess.run([str(REPO / "scripts" / "kafka-local"), "start"], check=True,
-                               capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    bootstrap = (
+        subprocess.run(
+            [str(REPO / "scripts" / "kafka-local"), "start"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     port = _free_port()
     sim = subprocess.Popen(
-        [sys.executable, "-m", "feed", "simulate", "--port", str(port), "--links", str(links),
-         "--albums", str(max(1, links // 200)), "--api-key", API_KEY],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "feed",
+            "simulate",
+            "--port",
+            str(port),
+            "--links",
+            str(links),
+            "--albums",
+            str(max(1, links // 200)),
+            "--api-key",
+            API_KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     results: list[dict[str, Any]] = []
     try:
@@ -120,8 +153,14 @@ def run(links: int, latency_ms: float, smoke: bool) -> list[dict[str, Any]]:
             common = [base, bootstrap, str(state), topic]
             for scenario in ("bare", "first", "nochange"):
                 results.append(_run_child([scenario, *common]))
-            admin.post("/_sim/churn", json={"adds": links // 300, "removes": links // 300,
-                                            "updates": links // 100 - 2 * (links // 300)})
+            admin.post(
+                "/_sim/churn",
+                json={
+                    "adds": links // 300,
+                    "removes": links // 300,
+                    "updates": links // 100 - 2 * (links // 300),
+                },
+            )
             results.append(_run_child(["churn1pct", *common]))
             if latency_ms and not smoke:
                 admin.post("/_sim/faults", json={"latency_seconds": latency_ms / 1000})
@@ -136,18 +175,25 @@ def run(links: int, latency_ms: float, smoke: bool) -> list[dict[str, Any]]:
 
 
 def report(results: list[dict[str, Any]], links: int) -> str:
-    bare = {r["scenario"].split("+")[1] if "+" in r["scenario"] else "": r["seconds"]
-            for r in results if r["scenario"].startswith("bare")}
-    lines = [f"library: {links} links",
-             f"{'scenario':<16}{'seconds':>9}{'links/s':>10}{'x bare':>8}{'peak MB':>9}"
-             f"{'state MB':>10}  events"]
+    bare = {
+        r["scenario"].split("+")[1] if "+" in r["scenario"] else "": r["seconds"]
+        for r in results
+        if r["scenario"].startswith("bare")
+    }
+    lines = [
+        f"library: {links} links",
+        f"{'scenario':<16}{'seconds':>9}{'links/s':>10}{'x bare':>8}{'peak MB':>9}"
+        f"{'state MB':>10}  events",
+    ]
     for r in results:
         suffix = r["scenario"].split("+")[1] if "+" in r["scenario"] else ""
         ratio = r["seconds"] / bare[suffix] if bare.get(suffix) else 0
         r["ratio_to_bare"] = round(ratio, 2)
-        lines.append(f"{r['scenario']:<16}{r['seconds']:>9.2f}{r['links_per_second']:>10}"
-                     f"{ratio:>8.2f}{r['peak_rss_mb']:>9.1f}{r['state_mb']:>10.1f}  "
-                     f"{r['events'] or ''}")
+        lines.append(
+            f"{r['scenario']:<16}{r['seconds']:>9.2f}{r['links_per_second']:>10}"
+            f"{ratio:>8.2f}{r['peak_rss_mb']:>9.1f}{r['state_mb']:>10.1f}  "
+            f"{r['events'] or ''}"
+        )
     return "\n".join(lines)
 
 

@@ -33,9 +33,7 @@ from feed.settings import Settings, load_settings, masked, settings_table
 
 log = logging.getLogger("feed")
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_UPSTREAM, EXIT_INCOMPLETE, EXIT_STATE, EXIT_KAFKA = (
-    range(7)
-)
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_UPSTREAM, EXIT_INCOMPLETE, EXIT_STATE, EXIT_KAFKA = range(7)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,14 +96,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             except FatalUpstreamError as exc:
                 metrics.LIVENESS.problem = f"upstream: {exc}"
                 metrics.ERRORS.labels("upstream_fatal").inc()
-                log.error(
-                    "%s The service stays up and retries after the poll interval.", exc
-                )
+                log.error("%s The service stays up and retries after the poll interval.", exc)
             if args.max_walks and complete >= args.max_walks:
                 break
-            pause = settings.poll.interval_seconds + random.uniform(
-                0, settings.poll.jitter_seconds
-            )
+            pause = settings.poll.interval_seconds + random.uniform(0, settings.poll.jitter_seconds)
             stop.wait(pause)
     except Stopped:
         pass
@@ -204,9 +198,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 "cursor": walk.resume[-1] if walk.resume else None,
             },
             "watermark": _iso(watermark) if watermark else None,
-            "watermark_age_seconds": round(time.time() - watermark, 1)
-            if watermark
-            else None,
+            "watermark_age_seconds": round(time.time() - watermark, 1) if watermark else None,
             "outbox_pending": store.outbox_size(),
             "published_seq": store.get_meta("published_seq", 0),
         }
@@ -221,9 +213,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def _print_status(doc: dict[str, Any]) -> None:
     last = doc["last_walk"]
-    print(
-        f"state       {doc['state_path']} (library {doc['library']}, {doc['links']} links)"
-    )
+    print(f"state       {doc['state_path']} (library {doc['library']}, {doc['links']} links)")
     if last:
         print(
             f"last walk   #{last['walk']} {last['outcome']} at {_iso(last['started_at'])}, "
@@ -239,9 +229,7 @@ def _print_status(doc: dict[str, Any]) -> None:
             f"cursor {progress['cursor']!r}"
         )
     age = doc["watermark_age_seconds"]
-    print(
-        f"watermark   {doc['watermark'] or 'none'}" + (f" ({age:.0f} s ago)" if age else "")
-    )
+    print(f"watermark   {doc['watermark'] or 'none'}" + (f" ({age:.0f} s ago)" if age else ""))
     print(f"outbox      {doc['outbox_pending']} records waiting for Kafka")
 
 
@@ -386,9 +374,7 @@ def _parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--api-url", help="upstream base URL (FEED_API__BASE_URL)")
-    common.add_argument(
-        "--api-key", help="API key (FEED_API__API_KEY; prefer the variable)"
-    )
+    common.add_argument("--api-key", help="API key (FEED_API__API_KEY; prefer the variable)")
     common.add_argument("--library-id", help="library (FEED_API__LIBRARY_ID)")
     common.add_argument("--limit", type=int, help="rows per page, 1-200 (FEED_API__LIMIT)")
     common.add_argument("--state", help="state file (FEED_STATE__PATH)")

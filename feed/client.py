@@ -137,9 +137,7 @@ class UpstreamClient:
         what = f"GET {LINKS_PATH} (ids lookup of {len(batch)})"
         return self._policy.call(attempt, what)
 
-    def _album_page(
-        self, params: list[tuple[str, str]]
-    ) -> tuple[list[dict[str, Any]], bool]:
+    def _album_page(self, params: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], bool]:
         # Parsed inside the retried call: a cut or foreign body is as transient here as
         # on the links.
         body = self._get(ALBUMS_PATH, params)
@@ -150,9 +148,7 @@ class UpstreamClient:
         rows = doc.get("data") if isinstance(doc, dict) else None
         has_more = doc.get("has_more") if isinstance(doc, dict) else None
         if not isinstance(rows, list) or not isinstance(has_more, bool):
-            raise PageFormatError(
-                "the albums page is not a page: expected `data` and `has_more`"
-            )
+            raise PageFormatError("the albums page is not a page: expected `data` and `has_more`")
         return [row for row in rows if isinstance(row, dict)], has_more
 
     def _base_params(
@@ -167,9 +163,7 @@ class UpstreamClient:
             params.append(("album_id", album))
         return params
 
-    def _get(
-        self, path: str, params: list[tuple[str, str]], cursor: str | None = None
-    ) -> bytes:
+    def _get(self, path: str, params: list[tuple[str, str]], cursor: str | None = None) -> bytes:
         self._bucket.acquire()
         try:
             response = self._http.get(path, params=tuple(params))
@@ -180,9 +174,7 @@ class UpstreamClient:
             # Resets, refused connections and a keep-alive connection that the server
             # closed while idle ("server disconnected without sending a response").
             metrics.REQUESTS.labels("connection").inc()
-            raise TransientError(
-                f"connection failed: {exc!r}", reason="connection"
-            ) from None
+            raise TransientError(f"connection failed: {exc!r}", reason="connection") from None
         status = response.status_code
         metrics.REQUESTS.labels(str(status)).inc()
         if status == 200:
@@ -223,9 +215,7 @@ class UpstreamClient:
         hint = ""
         if status == 400 and "library" in text.lower():
             hint = " The account has several libraries: set FEED_API__LIBRARY_ID."
-        raise FatalUpstreamError(
-            f"HTTP {status} from the upstream: {text}.{hint}", status=status
-        )
+        raise FatalUpstreamError(f"HTTP {status} from the upstream: {text}.{hint}", status=status)
 
 
 def _next_album_cursor(rows: list[dict[str, Any]], sent: set[str | None]) -> str:

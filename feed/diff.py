@@ -48,7 +48,7 @@ def diff_page(store: SnapshotStore, seen: SeenSet, links: Sequence[Link]) -> Pag
         if old[0] in seen:
             result.duplicates += 1
         seen.add(old[0])
-        previous: LinkRow = old[1:]  # type: ignore[assignment]
+        previous: LinkRow = old[1:]
         if previous != row:
             updated.append(row)
             result.changes.append(Change("link_updated", row, previous))

@@ -14,6 +14,7 @@ The order of steps is what makes a crash harmless (``docs/guarantees.md``):
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -139,9 +140,7 @@ class Feed:
             walk = self.store.new_walk()
             if self._dry_run is None:
                 self.store.commit()
-        report = WalkReport(
-            walk=walk.walk_id, started_at=walk.started_at, resumed=walk.resumed
-        )
+        report = WalkReport(walk=walk.walk_id, started_at=walk.started_at, resumed=walk.resumed)
         if walk.resumed:
             log.info(
                 "resuming walk %d after cursor %r (%d pages done)",
@@ -265,9 +264,7 @@ class Feed:
         self._seq += 1
         ident, body = watermark_body(self.library, walk.walk_id, walk.started_at, self._seq)
         topic = self.settings.kafka.watermark_topic
-        record = OutboxRecord(
-            self._seq, "watermark", topic, self.library.encode(), body, ident
-        )
+        record = OutboxRecord(self._seq, "watermark", topic, self.library.encode(), body, ident)
         self.store.add_outbox([record])
         self.store.set_meta("watermark", walk.started_at)
         if self._dry_run is not None:
@@ -292,7 +289,7 @@ class Feed:
             records = []
             for row in rows:
                 self._seq += 1
-                change = Change("link_snapshot", row[1:])  # type: ignore[arg-type]
+                change = Change("link_snapshot", row[1:])
                 ident = event_id(self.library, change, salt=f"snapshot-{run}")
                 body = event_body(
                     self.library,
@@ -426,7 +423,7 @@ class Feed:
                 return
             walk_id = int(self.store.get_meta("walk_counter", 0))
             self._with_backoff(
-                lambda r=records: publisher.publish(r, walk_id),  # type: ignore[misc]
+                functools.partial(publisher.publish, records, walk_id),
                 f"publishing {len(records)} records",
             )
             failpoints.hit("after_kafka_commit")

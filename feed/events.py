@@ -108,20 +108,12 @@ def headers_for(kind: str, library: str, value: bytes) -> list[tuple[str, bytes]
             library, doc["type"], doc["event_id"], doc["detected_at"], doc["link"]["id"]
         )
     if kind == "watermark":
-        return cloudevent_headers(
-            library, "watermark", doc["event_id"], doc["published_at"], None
-        )
-    return cloudevent_headers(
-        library, "dead_letter", doc["event_id"], doc["detected_at"], None
-    )
+        return cloudevent_headers(library, "watermark", doc["event_id"], doc["published_at"], None)
+    return cloudevent_headers(library, "dead_letter", doc["event_id"], doc["detected_at"], None)
 
 
-def watermark_body(
-    library: str, walk: int, watermark: float, seq: int
-) -> tuple[str, bytes]:
-    ident = hashlib.sha256(
-        f"{SCHEMA}\x1fwatermark\x1f{library}\x1f{walk}".encode()
-    ).hexdigest()
+def watermark_body(library: str, walk: int, watermark: float, seq: int) -> tuple[str, bytes]:
+    ident = hashlib.sha256(f"{SCHEMA}\x1fwatermark\x1f{library}\x1f{walk}".encode()).hexdigest()
     doc = {
         "schema": "gumnut.album_asset.watermark.v1",
         "event_id": ident[:32],

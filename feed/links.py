@@ -129,9 +129,7 @@ def parse_page(body: bytes) -> ParsedPage:
         )
     has_more = doc.get("has_more")
     if not isinstance(has_more, bool):
-        raise PageFormatError(
-            f"the page body has no boolean `has_more` (found {has_more!r})"
-        )
+        raise PageFormatError(f"the page body has no boolean `has_more` (found {has_more!r})")
     rows: list[Any] = doc["data"]
     context: dict[str, list[str]] = {}
     try:

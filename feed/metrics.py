@@ -10,9 +10,7 @@ PAGES = Counter("feed_pages_fetched_total", "Pages fetched from the upstream.")
 ROWS = Counter("feed_rows_fetched_total", "Rows fetched from the upstream.")
 ROWS_REJECTED = Counter("feed_rows_rejected_total", "Rows that failed validation.")
 RETRIES = Counter("feed_upstream_retries_total", "Upstream retries by reason.", ["reason"])
-REQUESTS = Counter(
-    "feed_upstream_requests_total", "Upstream requests by outcome.", ["outcome"]
-)
+REQUESTS = Counter("feed_upstream_requests_total", "Upstream requests by outcome.", ["outcome"])
 EVENTS = Counter("feed_events_published_total", "Events published by type.", ["type"])
 DEAD_LETTERS = Counter("feed_dead_letters_total", "Records sent to the dead-letter topic.")
 ERRORS = Counter("feed_errors_total", "Errors by kind.", ["kind"])

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from feed import failpoints, metrics
 from feed.errors import ConfigError, ProducerFencedError, PublishError
@@ -233,9 +233,7 @@ class Publisher:
         try:
             self._producer.abort_transaction(30)
         except KafkaException as exc:
-            log.warning(
-                "aborting the Kafka transaction failed (%s); replacing the producer", exc
-            )
+            log.warning("aborting the Kafka transaction failed (%s); replacing the producer", exc)
             self._drop_producer()
 
     def _drop_producer(self) -> None:
@@ -272,27 +270,27 @@ class Publisher:
                 TopicPartition(topic, partition), timeout=timeout
             )
             start = max(low, high - MARKER_SCAN)
-            found = self._scan_range(consumer, topic, partition, start, high, key, timeout)
+            where = TopicPartition(topic, partition)
+            found = self._scan_range(consumer, where, start, high, key=key, timeout=timeout)
             if found is None and start > low:
-                found = self._scan_range(
-                    consumer, topic, partition, low, high, key, timeout
-                )
+                found = self._scan_range(consumer, where, low, high, key=key, timeout=timeout)
             best = max(best, found or 0)
         return best
 
     def _scan_range(
         self,
         consumer: Any,
-        topic: str,
-        partition: int,
+        where: TopicPartition,
         start: int,
         high: int,
+        *,
         key: bytes,
         timeout: float,
     ) -> int | None:
         if high <= start:
             return None
-        consumer.assign([TopicPartition(topic, partition, start)])
+        topic = where.topic
+        consumer.assign([TopicPartition(topic, where.partition, start)])
         found: int | None = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -302,9 +300,7 @@ class Publisher:
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     break
-                raise PublishError(
-                    f"cannot read the checkpoint topic {topic}: {msg.error()}"
-                )
+                raise PublishError(f"cannot read the checkpoint topic {topic}: {msg.error()}")
             if msg.key() == key:
                 found = max(found or 0, int(orjson.loads(msg.value())["seq"]))
         else:

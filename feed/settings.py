@@ -25,9 +25,7 @@ class ApiSettings(BaseModel):
         "http://127.0.0.1:8600",
         description="Base URL of the upstream; the default is the local simulator.",
     )
-    api_key: SecretStr | None = Field(
-        None, description="Bearer API key. Required; never logged."
-    )
+    api_key: SecretStr | None = Field(None, description="Bearer API key. Required; never logged.")
     library_id: str | None = Field(
         None, description="Library to follow; required when the account has several."
     )
@@ -92,9 +90,7 @@ class KafkaSettings(BaseModel):
         description="Override the transactional id (default: derived from the library).",
     )
     create_topics: bool = Field(True, description="Create missing topics at start.")
-    partitions: int = Field(
-        6, ge=1, description="Partitions of the events topic if created."
-    )
+    partitions: int = Field(6, ge=1, description="Partitions of the events topic if created.")
     replication_factor: int = Field(1, ge=1, description="Replication factor if created.")
     batch_events: int = Field(
         10_000, ge=1, description="Events per checkpoint and Kafka transaction, at most."
@@ -140,9 +136,7 @@ class MetricsSettings(BaseModel):
 class LogSettings(BaseModel):
     """Logging."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level."
-    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     format: Literal["text", "json"] = Field("text", description="`json` for log shippers.")
 
 
@@ -188,8 +182,7 @@ def masked(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     data["api"]["api_key"] = "**********" if settings.api.api_key else None
     data["kafka"]["config"] = {
-        k: ("**********" if _looks_secret(k) else v)
-        for k, v in settings.kafka.config.items()
+        k: ("**********" if _looks_secret(k) else v) for k, v in settings.kafka.config.items()
     }
     return data
 
@@ -198,17 +191,28 @@ def _looks_secret(name: str) -> bool:
     return any(word in name.lower() for word in ("password", "secret", "key", "token"))
 
 
+_GROUPS: dict[str, type[BaseModel]] = {
+    "api": ApiSettings,
+    "state": StateSettings,
+    "kafka": KafkaSettings,
+    "poll": PollSettings,
+    "metrics": MetricsSettings,
+    "log": LogSettings,
+}
+
+
 def settings_table() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting, from the declarations above."""
     rows = []
-    for group_name, group_field in Settings.model_fields.items():
-        group = group_field.default_factory() if group_field.default_factory else None
-        model = type(group)
-        for name, field in model.model_fields.items():  # type: ignore[attr-defined]
-            default = getattr(group, name)
-            shown = "(none)" if default in (None, {}) else str(default)
+    for group_name, model in _GROUPS.items():
+        defaults = model()
+        for name, field in model.model_fields.items():
+            default = getattr(defaults, name)
             if isinstance(default, bool):
                 shown = str(default).lower()
-            env = f"FEED_{group_name.upper()}__{name.upper()}"
-            rows.append((env, shown, field.description or ""))
+            else:
+                shown = "(none)" if default in (None, {}) else str(default)
+            rows.append(
+                (f"FEED_{group_name.upper()}__{name.upper()}", shown, field.description or "")
+            )
     return rows

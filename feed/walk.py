@@ -6,13 +6,15 @@ page, and finishes either *complete* (the upstream said there is no more) or
 anomaly that makes the end of the walk doubtful ends it as incomplete:
 
 - ``has_more: true`` with an empty page, or a cursor that comes back (a loop);
+- a cursor row reported deleted that a later page lists again (a loop in disguise);
 - a page longer than the ``limit`` asked for (the server ignores the contract);
 - a last row without a usable id (no cursor to go on with);
 - retries running out (the walk can be resumed from its cursor later).
 
 The row named by ``starting_after_id`` may be deleted between two requests. The walk
-remembers the last few ids of the previous page and steps back to the newest one that
-still exists, so it skips no row and rarely has to start over.
+remembers the last few ids it read and steps back to the newest one that still exists,
+so it skips no row and rarely has to start over. Asking again after a remembered id is
+deliberate, so it does not count as a loop.
 """
 
 from __future__ import annotations
@@ -107,9 +109,7 @@ class PageWalk:
             if not page.has_more:
                 break
             if page.last_id is None:
-                self._fail(
-                    "the last row of a page has no usable id to continue from", False
-                )
+                self._fail("the last row of a page has no usable id to continue from", False)
             cursor = page.last_id
 
         if self.result.anomalies:
@@ -117,9 +117,7 @@ class PageWalk:
         self.result.complete = True
         self.result.reason = "complete"
 
-    def _refuse_loop(
-        self, cursor: str | None, sent: set[str | None], lost: set[str]
-    ) -> None:
+    def _refuse_loop(self, cursor: str | None, sent: set[str | None], lost: set[str]) -> None:
         if cursor in lost:
             self._fail(
                 f"the upstream reported cursor row {cursor!r} deleted, then listed it "
@@ -173,9 +171,7 @@ class PageWalk:
             )
             return cursor, restarts
         if restarts >= MAX_RESTARTS:
-            self._fail(
-                f"cursor rows keep vanishing; gave up after {restarts} restarts", True
-            )
+            self._fail(f"cursor rows keep vanishing; gave up after {restarts} restarts", True)
         log.warning(
             "cursor row %r was deleted and no earlier row is known; restarting the walk "
             "from the first page (rows already seen count as seen)",
@@ -185,9 +181,7 @@ class PageWalk:
         return None, restarts + 1
 
     def _anomaly(self, message: str) -> None:
-        log.warning(
-            "upstream anomaly: %s; this walk will not be used for removals", message
-        )
+        log.warning("upstream anomaly: %s; this walk will not be used for removals", message)
         self.result.anomalies.append(message)
 
     def _fail(self, reason: str, resumable: bool) -> None:

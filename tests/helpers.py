@@ -62,7 +62,9 @@ def kafka_cmd(*args: str, timeout: float = 300) -> str:
         [str(KAFKA_SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
     )
     if result.returncode != 0:
-        raise RuntimeError(f"kafka-local {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(
+            f"kafka-local {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
 
@@ -112,19 +114,25 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def consume(
-    bootstrap: str, topic: str, *, committed_only: bool = True, idle: float = 3.0,
+    bootstrap: str,
+    topic: str,
+    *,
+    committed_only: bool = True,
+    idle: float = 3.0,
     timeout: float = 60.0,
 ) -> list[dict[str, Any]]:
     """Every message of ``topic`` from the beginning, as a fresh consumer sees it."""
     from confluent_kafka import Consumer, KafkaError
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"test-{uuid.uuid4()}",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed" if committed_only else "read_uncommitted",
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+        }
+    )
     consumer.subscribe([topic])
     out: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
@@ -135,8 +143,10 @@ def consume(
             if msg is None:
                 continue
             if msg.error():
-                if msg.error().code() in (KafkaError._PARTITION_EOF,
-                                          KafkaError.UNKNOWN_TOPIC_OR_PART):
+                if msg.error().code() in (
+                    KafkaError._PARTITION_EOF,
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                ):
                     continue
                 raise RuntimeError(str(msg.error()))
             last = time.monotonic()
@@ -167,15 +177,26 @@ def truth(library: Library) -> dict[str, dict[str, Any]]:
     from feed.links import parse_link
 
     return {
-        link_id: dict(zip(("id", "album_id", "asset_id", "created_at", "updated_at"),
-                          parse_link(row).as_row(), strict=True))
+        link_id: dict(
+            zip(
+                ("id", "album_id", "asset_id", "created_at", "updated_at"),
+                parse_link(row).as_row(),
+                strict=True,
+            )
+        )
         for link_id, row in library.truth().items()
     }
 
 
-def run_feed(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_feed(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """The feed CLI as a subprocess, the way an operator runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "feed", *args], env=env, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        [sys.executable, "-m", "feed", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

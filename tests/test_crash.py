@@ -50,7 +50,11 @@ def assert_same_ids_same_content(events: list[dict[str, Any]]) -> None:
 @pytest.mark.parametrize("transactions", [True, False], ids=["txn", "no-txn"])
 @pytest.mark.parametrize("point", POINTS)
 def test_sigkill_at_each_step_boundary(
-    point: str, transactions: bool, sim: Simulator, library: Library, kafka: str,
+    point: str,
+    transactions: bool,
+    sim: Simulator,
+    library: Library,
+    kafka: str,
     tmp_path: Path,
 ) -> None:
     settings = make_settings(sim, kafka, tmp_path, transactions=transactions, limit=50)

@@ -67,9 +67,7 @@ def test_events_follow_the_schema_and_cloudevents_headers(
     library.churn(adds=2, removes=2, updates=2)
     walk_once(settings)
 
-    schema = json.loads(
-        resources.files("feed").joinpath("schemas/link-event.v1.json").read_text()
-    )
+    schema = json.loads(resources.files("feed").joinpath("schemas/link-event.v1.json").read_text())
     events = link_events(settings)
     assert {e["type"] for e in events} == {"link_added", "link_removed", "link_updated"}
     for event in events:
@@ -118,8 +116,7 @@ def test_case_03_failed_walk_removes_nothing_and_walks_again(
     sim.faults.clear()
     assert walk_once(settings).outcome == "complete"  # the next poll walks again
     events = link_events(settings)
-    assert [e["link"]["id"] for e in events if e["type"] == "link_removed"] == [
-        "album_asset_4"]
+    assert [e["link"]["id"] for e in events if e["type"] == "link_removed"] == ["album_asset_4"]
     assert fold(events) == truth(library)
 
 
@@ -153,7 +150,9 @@ def test_case_04b_link_missed_by_a_walk_is_not_removed(
     assert report.removal_candidates == 1
     events = link_events(settings)
     assert [e["type"] for e in events if e["link"]["id"] == "album_asset_1"] == [
-        "link_added", "link_updated"]
+        "link_added",
+        "link_updated",
+    ]
     assert fold(events) == truth(library)
 
     # Unchanged and missed again: no event at all.
@@ -191,7 +190,7 @@ def test_case_10_unreadable_state_stops_with_a_clear_error(
     settings.state.path.write_bytes(b"this is not a database" * 100)
     for suffix in ("-wal", "-shm"):
         Path(str(settings.state.path) + suffix).unlink(missing_ok=True)
-    with pytest.raises(StateError, match="cannot be read.*re-publish every link"):
+    with pytest.raises(StateError, match=r"cannot be read.*re-publish every link"):
         walk_once(settings)
     assert len(link_events(settings)) == 5
 

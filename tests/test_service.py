@@ -34,8 +34,11 @@ def test_missing_api_key_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_config_masks_the_api_key(tmp_path: Path) -> None:
-    env = {**os.environ, "FEED_API__API_KEY": "very-secret-value",
-           "FEED_KAFKA__CONFIG": '{"sasl.password": "hunter2", "linger.ms": 5}'}
+    env = {
+        **os.environ,
+        "FEED_API__API_KEY": "very-secret-value",
+        "FEED_KAFKA__CONFIG": '{"sasl.password": "hunter2", "linger.ms": 5}',
+    }
     result = run_feed(env, "config")
     assert result.returncode == 0
     assert "very-secret-value" not in result.stdout and "hunter2" not in result.stdout
@@ -48,8 +51,12 @@ def test_case_07_401_exits_with_the_setting_named(
     sim: Simulator, library: Library, tmp_path: Path
 ) -> None:
     seed_links(library, 3)
-    env = {**os.environ, "FEED_API__BASE_URL": sim.url, "FEED_API__API_KEY": "key-Zq81x",
-           "FEED_STATE__PATH": str(tmp_path / "s.db")}
+    env = {
+        **os.environ,
+        "FEED_API__BASE_URL": sim.url,
+        "FEED_API__API_KEY": "key-Zq81x",
+        "FEED_STATE__PATH": str(tmp_path / "s.db"),
+    }
     result = run_feed(env, "once", "--dry-run")
     assert result.returncode == 3
     assert "FEED_API__API_KEY" in result.stderr
@@ -63,8 +70,13 @@ def test_dry_run_prints_events_and_changes_nothing(
 ) -> None:
     seed_links(library, 12)
     state = tmp_path / "s.db"
-    env = {**os.environ, "FEED_API__BASE_URL": sim.url, "FEED_API__API_KEY": sim.api_key,
-           "FEED_STATE__PATH": str(state), "FEED_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    env = {
+        **os.environ,
+        "FEED_API__BASE_URL": sim.url,
+        "FEED_API__API_KEY": sim.api_key,
+        "FEED_STATE__PATH": str(state),
+        "FEED_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
     result = run_feed(env, "once", "--dry-run")
     assert result.returncode == 0, result.stderr
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
@@ -94,7 +106,10 @@ def test_status_json_parses_and_matches_the_walk(
 def start_run(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "feed", "--log-level", "DEBUG", "run", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -182,8 +197,12 @@ def test_case_07_401_service_stays_up_and_not_ready(
 
     settings = make_settings(sim, kafka, tmp_path, api_key="key-Zq81x")
     port = free_port()
-    env = {**settings_env(settings), "FEED_METRICS__ENABLED": "true",
-           "FEED_METRICS__PORT": str(port), "FEED_POLL__INTERVAL_SECONDS": "0.5"}
+    env = {
+        **settings_env(settings),
+        "FEED_METRICS__ENABLED": "true",
+        "FEED_METRICS__PORT": str(port),
+        "FEED_POLL__INTERVAL_SECONDS": "0.5",
+    }
     proc = start_run(env)
     try:
         wait_for_line(proc, "refused the API key")

@@ -100,9 +100,7 @@ class Library:
             if album not in self._albums:
                 self._albums.append(album)
             stamp = self._tick()
-            self.rows[link_id] = Row(
-                album, asset_id or f"asset_x{self._next:09d}", stamp, stamp
-            )
+            self.rows[link_id] = Row(album, asset_id or f"asset_x{self._next:09d}", stamp, stamp)
             bisect.insort(self._ids, link_id)
             bisect.insort(self._by_album.setdefault(album, []), link_id)
             return link_id
@@ -126,9 +124,7 @@ class Library:
                 self.remove(link_id)
             return gone
 
-    def churn(
-        self, adds: int = 0, removes: int = 0, updates: int = 0
-    ) -> dict[str, list[str]]:
+    def churn(self, adds: int = 0, removes: int = 0, updates: int = 0) -> dict[str, list[str]]:
         """Random changes; returns the ids touched, by kind."""
         with self.lock:
             removed = self._rng.sample(self._ids, min(removes, len(self._ids)))
@@ -159,6 +155,7 @@ class Library:
         self,
         cursor: str | None,
         limit: int,
+        *,
         album_id: str | None = None,
         asset_id: str | None = None,
         cursor_must_exist: bool = True,
@@ -182,8 +179,7 @@ class Library:
                 wanted = (
                     i
                     for i in itertools.islice(ids, start, None)
-                    if i not in hidden
-                    and (asset_id is None or self.rows[i].asset_id == asset_id)
+                    if i not in hidden and (asset_id is None or self.rows[i].asset_id == asset_id)
                 )
                 chosen = list(itertools.islice(wanted, limit + 1))
             return [self.render(i) for i in chosen[:limit]], len(chosen) > limit

@@ -107,9 +107,7 @@ class Simulator:
                 continue
             budget -= whole
             for lib in self.libraries.values():
-                lib.churn(
-                    adds=whole // 3, removes=whole // 3, updates=whole - 2 * (whole // 3)
-                )
+                lib.churn(adds=whole // 3, removes=whole // 3, updates=whole - 2 * (whole // 3))
 
 
 class _Server(ThreadingHTTPServer):
@@ -150,9 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
         # Logged before the key is checked: tests count the requests a refused client sends.
         sim.requests.append(self.path)
         if self.headers.get("Authorization") != f"Bearer {sim.api_key}":
-            self._json(
-                401, {"error": "unauthorized", "detail": "invalid or missing API key"}
-            )
+            self._json(401, {"error": "unauthorized", "detail": "invalid or missing API key"})
             return
         sim.counts[path.split("/")[2] if path.count("/") >= 2 else path] += 1
         if path.startswith("/_sim/"):
@@ -202,9 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
             if rows:
                 self._json(200, rows[0])
             else:
-                self._json(
-                    404, {"error": "not_found", "detail": f"no album asset {link_id}"}
-                )
+                self._json(404, {"error": "not_found", "detail": f"no album asset {link_id}"})
         elif path == "/api/albums":
             self._list_albums(lib, query)
         else:
@@ -230,15 +224,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             limit = -1
         if not 1 <= limit <= MAX_LIMIT:
-            self._json(
-                422, {"error": "validation", "detail": f"limit must be 1..200: {raw}"}
-            )
+            self._json(422, {"error": "validation", "detail": f"limit must be 1..200: {raw}"})
             return None
         return limit
 
-    def _list_links(
-        self, lib: Library, query: dict[str, list[str]], fault: Fault | None
-    ) -> None:
+    def _list_links(self, lib: Library, query: dict[str, list[str]], fault: Fault | None) -> None:
         limit = self._limit(query)
         if limit is None:
             return
@@ -290,9 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
             # The previous page's last row shows up again at the top of this one.
             return [lib.render(cursor), *rows[: limit - 1]], has_more or len(rows) == limit
         if fault.action == "long_page":
-            more, _ = lib.page(
-                cursor, min(MAX_LIMIT, limit * 2) or 1, cursor_must_exist=False
-            )
+            more, _ = lib.page(cursor, min(MAX_LIMIT, limit * 2) or 1, cursor_must_exist=False)
             if len(more) <= limit:
                 more = more + more[:1]
             return more, has_more
