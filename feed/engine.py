@@ -46,6 +46,7 @@ from feed.events import (
     watermark_body,
 )
 from feed.links import RowRejection
+from feed.prefetch import Prefetch
 from feed.publisher import Publisher
 from feed.settings import Settings
 from feed.store import OutboxRecord, SnapshotStore, WalkState
@@ -169,8 +170,9 @@ class Feed:
         pending = 0
         last_checkpoint = last_progress = time.monotonic()
         self.store.begin()
+        ahead = Prefetch(pages)
         try:
-            for page in pages:
+            for page in ahead:
                 failpoints.hit("after_fetch")
                 pending += self._apply_page(walk, page, report)
                 failpoints.hit("after_diff")
@@ -195,6 +197,7 @@ class Feed:
             report.outcome, report.reason = "failed", str(exc)
             raise
         finally:
+            ahead.close()
             report.pages, report.rows = pages.result.pages, pages.result.rows
             report.rejected = pages.result.rejected
         self._checkpoint(walk)

@@ -33,7 +33,7 @@ def canonical_time(value: Any) -> str:
 
     A timestamp without a zone is read as UTC; the page parser reports and warns about it.
     """
-    return _canonical(_moment(value))
+    return _fast_canonical(value) or _canonical(_moment(value))
 
 
 def _moment(value: Any) -> datetime:
@@ -47,6 +47,27 @@ def _moment(value: Any) -> datetime:
     raise ValueError("not an ISO-8601 date-time")
 
 
+def _fast_canonical(value: Any) -> str | None:
+    """The canonical form of the two spellings the upstream uses, without formatting.
+
+    ``...:SSZ`` and ``...:SS.ffffffZ`` only need a suffix; ``fromisoformat`` still
+    checks that they are real instants. Anything else takes the general path.
+    """
+    if not isinstance(value, str) or not value.endswith("Z"):
+        return None
+    if len(value) == 20:
+        canonical = value[:19] + ".000000Z"
+    elif len(value) == 27 and value[19] == ".":
+        canonical = value
+    else:
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return canonical
+
+
 def _canonical(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -56,6 +77,9 @@ def _canonical(moment: datetime) -> str:
 def _timestamp_field(value: Any, info: ValidationInfo) -> str:
     # ``info`` must stay a required argument: pydantic hands it only to validators whose
     # signature demands it, and an optional one silently received None.
+    fast = _fast_canonical(value)
+    if fast is not None:
+        return fast
     moment = _moment(value)
     if moment.tzinfo is None and isinstance(info.context, dict):
         link_id = info.data.get("id", "?")
