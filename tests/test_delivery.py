@@ -227,3 +227,33 @@ def test_snapshot_republishes_state_without_touching_the_diff(
     snaps = [e for e in events if e["type"] == "link_snapshot"]
     assert len(snaps) == 25 and all(e["bootstrap"] for e in snaps)
     assert walk_once(settings).events == {}
+
+
+def test_event_too_large_for_the_broker_goes_to_dead_letters(
+    sim: Simulator, library: Library, kafka: str, tmp_path: Path
+) -> None:
+    settings = make_settings(sim, kafka, tmp_path)
+    settings.kafka.config = {"message.max.bytes": 2000}
+    seed_links(library, 3)
+    library.add("album_asset_big", asset_id="asset_" + "x" * 3000)
+    report = walk_once(settings)
+    assert report.outcome == "complete"
+    assert report.dead_letters == 1
+    assert sorted(e["link"]["id"] for e in link_events(settings)) == [
+        "album_asset_1", "album_asset_2", "album_asset_3"]
+    dead = consume(kafka, settings.kafka.dead_letter_topic)
+    assert [(d["link_id"], d["reason"]) for d in dead] == [
+        ("album_asset_big", "event larger than message.max.bytes")]
+    # Known to the snapshot, so it is not re-reported, and never reported removed.
+    assert walk_once(settings).events == {}
+
+
+def test_missing_topic_that_may_not_be_created_is_a_clear_error(
+    sim: Simulator, library: Library, kafka: str, tmp_path: Path
+) -> None:
+    from feed.errors import ConfigError
+
+    settings = make_settings(sim, kafka, tmp_path)
+    settings.kafka.create_topics = False
+    with pytest.raises(ConfigError, match=r"do not exist and FEED_KAFKA__CREATE_TOPICS"):
+        walk_once(settings)

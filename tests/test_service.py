@@ -222,3 +222,20 @@ def test_case_07_401_service_stays_up_and_not_ready(
     assert proc.returncode == 0
     assert "key-Zq81x" not in out
     assert consume(kafka, settings.kafka.topic, idle=1) == []
+
+
+@pytest.mark.kafka
+def test_tail_prints_events_readably_and_filters(
+    sim: Simulator, library: Library, kafka: str, tmp_path: Path
+) -> None:
+    settings = make_settings(sim, kafka, tmp_path)
+    seed_links(library, 6)
+    env = settings_env(settings)
+    assert run_feed(env, "once").returncode == 0
+    album = library.rows["album_asset_1"].album_id
+    result = run_feed(env, "tail", "--from-beginning", "--idle-timeout", "5", "--album", album)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    expected = sum(1 for row in library.rows.values() if row.album_id == album)
+    assert len(lines) == expected
+    assert all(f"album={album}" in line and "+ link_added" in line for line in lines)
