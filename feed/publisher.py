@@ -255,6 +255,9 @@ class Publisher:
         )
         try:
             return self._scan_markers(consumer, timeout)
+        except KafkaException as exc:
+            # Right after the topic was created its leader may not be elected yet.
+            raise PublishError(f"cannot read the checkpoint topic yet: {exc}") from None
         finally:
             consumer.close()
 
