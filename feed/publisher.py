@@ -152,7 +152,12 @@ class Publisher:
         if not records:
             return
         if self._producer is None:
-            self.start()
+            # A replaced producer: the last transaction of the old one may have
+            # committed even though its commit call failed. The marker knows.
+            held = self.start()
+            records = [r for r in records if r.seq > held]
+            if not records:
+                return
         try:
             if self.transactional:
                 self._publish_transaction(records, walk)

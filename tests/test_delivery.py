@@ -257,3 +257,31 @@ def test_missing_topic_that_may_not_be_created_is_a_clear_error(
     settings.kafka.create_topics = False
     with pytest.raises(ConfigError, match=r"do not exist and FEED_KAFKA__CREATE_TOPICS"):
         walk_once(settings)
+
+
+def test_replaced_producer_does_not_republish_what_the_marker_holds(
+    sim: Simulator, library: Library, kafka: str, tmp_path: Path
+) -> None:
+    """A commit call can fail after the broker committed; the next producer asks the marker."""
+    from feed.publisher import Publisher
+    from feed.store import OutboxRecord
+
+    settings = make_settings(sim, kafka, tmp_path)
+    publisher = Publisher(settings.kafka, "default")
+    publisher.ensure_topics()
+    assert publisher.start() == 0
+    def record(seq: int) -> OutboxRecord:
+        body = {"type": "link_added", "event_id": f"e{seq}", "link": {"id": f"l{seq}"},
+                "detected_at": "2026-01-01T00:00:00.000000Z"}
+        return OutboxRecord(seq, "event", settings.kafka.topic, b"k",
+                            json.dumps(body).encode(), f"e{seq}")
+
+    batch = [record(1), record(2), record(3)]
+    publisher.publish(batch, walk=1)
+    publisher._drop_producer()  # as after a fatal error
+    publisher.publish(batch, walk=1)  # the same batch again, as the engine would retry it
+    publisher._drop_producer()
+    publisher.publish([*batch, record(4)], walk=1)  # only the new record goes out
+    publisher.close()
+    seen = consume(kafka, settings.kafka.topic)
+    assert [e["event_id"] for e in seen] == ["e1", "e2", "e3", "e4"]
