@@ -195,7 +195,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 "started_at": _iso(walk.started_at),
                 "pages": walk.pages,
                 "rows": walk.rows,
-                "cursor": walk.resume[-1] if walk.resume else None,
+                "position": walk.position(),
             },
             "watermark": _iso(watermark) if watermark else None,
             "watermark_age_seconds": round(time.time() - watermark, 1) if watermark else None,
@@ -226,7 +226,7 @@ def _print_status(doc: dict[str, Any]) -> None:
     if progress:
         print(
             f"in progress #{progress['walk']}, {progress['pages']} pages, "
-            f"cursor {progress['cursor']!r}"
+            f"{progress['position']}"
         )
     age = doc["watermark_age_seconds"]
     print(f"watermark   {doc['watermark'] or 'none'}" + (f" ({age:.0f} s ago)" if age else ""))

@@ -19,7 +19,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,12 +49,21 @@ from feed.links import RowRejection
 from feed.prefetch import Prefetch
 from feed.publisher import Publisher
 from feed.settings import Settings
+from feed.shards import ShardedWalk, ShardState, list_albums
 from feed.store import OutboxRecord, SnapshotStore, WalkState
-from feed.walk import PageWalk, WalkPage
+from feed.walk import PageWalk, WalkPage, WalkResult
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_SECONDS = 10.0
+
+
+@dataclass
+class _Walker:
+    """What the engine needs of a walker once the pages are done."""
+
+    result: WalkResult
+    close: Callable[[], None]
 
 
 class Stopped(Exception):
@@ -144,10 +153,7 @@ class Feed:
         report = WalkReport(walk=walk.walk_id, started_at=walk.started_at, resumed=walk.resumed)
         if walk.resumed:
             log.info(
-                "resuming walk %d after cursor %r (%d pages done)",
-                walk.walk_id,
-                walk.resume[-1] if walk.resume else None,
-                walk.pages,
+                "resuming walk %d %s (%d pages done)", walk.walk_id, walk.position(), walk.pages
             )
         began = self._began = time.monotonic()
         try:
@@ -166,15 +172,15 @@ class Feed:
         return report
 
     def _walk_pages(self, walk: WalkState, report: WalkReport) -> bool:
-        pages = PageWalk(self.client, resume=walk.resume)
+        pages, resume, walker = self._pages(walk)
         pending = 0
         last_checkpoint = last_progress = time.monotonic()
         self.store.begin()
-        ahead = Prefetch(pages)
         try:
-            for page in ahead:
+            for page in pages:
                 failpoints.hit("after_fetch")
                 pending += self._apply_page(walk, page, report)
+                walk.resume = resume(page)
                 failpoints.hit("after_diff")
                 now = time.monotonic()
                 if now - last_progress >= PROGRESS_EVERY_SECONDS:
@@ -197,11 +203,38 @@ class Feed:
             report.outcome, report.reason = "failed", str(exc)
             raise
         finally:
-            ahead.close()
-            report.pages, report.rows = pages.result.pages, pages.result.rows
-            report.rejected = pages.result.rejected
+            walker.close()
+            report.pages, report.rows = walker.result.pages, walker.result.rows
+            report.rejected = walker.result.rejected
         self._checkpoint(walk)
         return True
+
+    def _pages(
+        self, walk: WalkState
+    ) -> tuple[Iterable[WalkPage], Callable[[WalkPage], Any], _Walker]:
+        """The pages of this walk, how to checkpoint after each, and the walker itself.
+
+        A walk keeps the mode it started in; a new walk is split by album when
+        FEED_API__CONCURRENCY is above 1.
+        """
+        sharded = isinstance(walk.resume, dict) or (
+            not walk.resume and self.settings.api.concurrency > 1
+        )
+        if not sharded:
+            plain = PageWalk(self.client, resume=walk.resume)  # type: ignore[arg-type]
+            # The next page travels while this one is diffed; each page carries its
+            # own resume point, so fetching ahead never runs ahead of the checkpoint.
+            ahead = Prefetch(plain)
+            return ahead, lambda page: page.resume, _Walker(plain.result, ahead.close)
+        if isinstance(walk.resume, dict):
+            state = ShardState.load(walk.resume)
+        else:
+            state = ShardState(list_albums(self.client))
+            walk.resume = state.dump()
+        shards = ShardedWalk(self.client, state, self.settings.api.concurrency)
+        # The shard state moves as pages are handed over, i.e. as they are applied.
+        pages = (item.page for item in shards)
+        return pages, lambda _page: state.dump(), _Walker(shards.result, shards.close)
 
     def _apply_page(self, walk: WalkState, page: WalkPage, report: WalkReport) -> int:
         diff = diff_page(self.store, walk.seen, page.links)
@@ -209,7 +242,6 @@ class Feed:
         records = self._records(diff.changes, walk, report)
         records += self._reject(page.rejected, walk, report)
         self.store.add_outbox(records)
-        walk.resume = page.resume
         walk.pages += 1
         walk.rows += len(page.links) + len(page.rejected)
         log.debug(

@@ -51,6 +51,9 @@ class ApiSettings(BaseModel):
     requests_per_second: float = Field(
         20.0, gt=0, description="Request budget shared by every walk of the process."
     )
+    concurrency: int = Field(
+        1, ge=1, le=64, description="Albums walked at once (1: one sequential walk)."
+    )
 
 
 class StateSettings(BaseModel):

@@ -89,11 +89,20 @@ class WalkState:
 
     walk_id: int
     started_at: float
-    resume: list[str] = field(default_factory=list)
+    # Where the walk goes on: the last ids of the last page applied (a sequential walk),
+    # or a ShardState dump (a walk by album).
+    resume: list[str] | dict[str, Any] = field(default_factory=list)
     pages: int = 0
     rows: int = 0
     seen: SeenSet = field(default_factory=SeenSet)
     resumed: bool = False
+
+    def position(self) -> str:
+        """Where the walk stands, for people: the cursor, or the albums done."""
+        if isinstance(self.resume, dict):
+            albums = self.resume.get("albums", [])
+            return f"{len(self.resume.get('done', []))} of {len(albums)} albums done"
+        return f"after {self.resume[-1]!r}" if self.resume else "at the first page"
 
 
 @dataclass(frozen=True)
@@ -214,7 +223,7 @@ class SnapshotStore:
         return WalkState(
             walk_id=row[0],
             started_at=row[1],
-            resume=list(orjson.loads(row[2])),
+            resume=orjson.loads(row[2]),
             pages=row[3],
             rows=row[4],
             seen=SeenSet(row[5]),
