@@ -224,10 +224,7 @@ def _print_status(doc: dict[str, Any]) -> None:
         print("last walk   none yet")
     progress = doc["walk_in_progress"]
     if progress:
-        print(
-            f"in progress #{progress['walk']}, {progress['pages']} pages, "
-            f"{progress['position']}"
-        )
+        print(f"in progress #{progress['walk']}, {progress['pages']} pages, {progress['position']}")
     age = doc["watermark_age_seconds"]
     print(f"watermark   {doc['watermark'] or 'none'}" + (f" ({age:.0f} s ago)" if age else ""))
     print(f"outbox      {doc['outbox_pending']} records waiting for Kafka")

@@ -131,6 +131,14 @@ class UpstreamClient:
 
         def attempt() -> dict[str, Link]:
             doc = parse_page(self._get(LINKS_PATH, params))
+            if doc.has_more:
+                # Every id asked for fits in one answer, so "more" means this one was cut
+                # short, and an id missing from it proves nothing: a removal needs a
+                # whole answer. Retried like any other malformed page.
+                raise PageFormatError(
+                    f"an id lookup of {len(batch)} ids answered has_more true with "
+                    f"{doc.row_count} rows; a cut answer cannot confirm removals"
+                )
             asked = set(batch)
             return {link.id: link for link in doc.links if link.id in asked}
 

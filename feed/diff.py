@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from feed.events import Change, LinkRow
 from feed.links import Link
-from feed.store import SeenSet, SnapshotStore
+from feed.store import SeenSet, SnapshotStore, WalkState
 
 
 @dataclass
@@ -26,8 +26,13 @@ class PageDiff:
     duplicates: int = 0
 
 
-def diff_page(store: SnapshotStore, seen: SeenSet, links: Sequence[Link]) -> PageDiff:
-    """Apply one page to the snapshot (inside the caller's transaction); return its changes."""
+def diff_page(store: SnapshotStore, walk: WalkState, links: Sequence[Link]) -> PageDiff:
+    """Apply one page to the snapshot (inside the caller's transaction); return its changes.
+
+    Rows the walk itself added (row id above ``walk.base_rid``) count as seen without a
+    bit; seeing one of them again is a duplicate like any other.
+    """
+    seen = walk.seen
     result = PageDiff()
     latest: dict[str, LinkRow] = {}
     for link in links:
@@ -45,16 +50,17 @@ def diff_page(store: SnapshotStore, seen: SeenSet, links: Sequence[Link]) -> Pag
         if old is None:
             added.append(row)
             continue
-        if old[0] in seen:
+        rid = old[0]
+        if rid > walk.base_rid or rid in seen:
             result.duplicates += 1
-        seen.add(old[0])
+        else:
+            seen.add(rid)
         previous: LinkRow = old[1:]
         if previous != row:
             updated.append(row)
             result.changes.append(Change("link_updated", row, previous))
 
-    for rid in store.insert_links(added):
-        seen.add(rid)
+    store.insert_links(added)  # above the walk's base row id: seen without a bit
     result.changes.extend(Change("link_added", row) for row in added)
     if updated:
         store.update_links(updated)

@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import orjson
-
 from feed import failpoints, metrics
 from feed.client import UpstreamClient
 from feed.diff import diff_confirmed, diff_page
@@ -38,7 +36,9 @@ from feed.errors import (
 from feed.events import (
     Change,
     LinkRow,
+    cloudevent_headers,
     dead_letter_body,
+    encode_headers,
     event_body,
     event_id,
     message_key,
@@ -110,9 +110,11 @@ class Feed:
         self.store = SnapshotStore(settings.state.path, self.library)
         self.publisher: Publisher | None = None
         if dry_run is None:
-            self.publisher = Publisher(settings.kafka, self.library)
+            self.publisher = Publisher(settings.kafka, self.library, self.store.state_id)
         self._seq = 0
         self._published = 0
+        self._staged: list[OutboxRecord] = []  # in the open SQLite transaction
+        self._committed: list[OutboxRecord] = []  # committed, not yet in Kafka
         self._began = time.monotonic()
 
     # -- life cycle --------------------------------------------------------------------
@@ -166,7 +168,7 @@ class Feed:
             report.outcome, report.reason = "incomplete", f"removal lookups failed: {exc}"
             metrics.WALKS.labels("incomplete").inc()
         finally:
-            self.store.rollback()  # only what a checkpoint committed counts
+            self._rollback()  # only what a checkpoint committed counts
             report.seconds = time.monotonic() - began
             self._record(report)
         return report
@@ -237,11 +239,11 @@ class Feed:
         return pages, lambda _page: state.dump(), _Walker(shards.result, shards.close)
 
     def _apply_page(self, walk: WalkState, page: WalkPage, report: WalkReport) -> int:
-        diff = diff_page(self.store, walk.seen, page.links)
+        diff = diff_page(self.store, walk, page.links)
         report.duplicates += diff.duplicates
         records = self._records(diff.changes, walk, report)
         records += self._reject(page.rejected, walk, report)
-        self.store.add_outbox(records)
+        self._stage(records)
         walk.pages += 1
         walk.rows += len(page.links) + len(page.rejected)
         log.debug(
@@ -274,14 +276,14 @@ class Feed:
         """Confirm removals by id, publish them and the watermark, close the walk."""
         self.store.begin()
         candidates = 0
-        for batch in self.store.unseen(walk.seen, batch=100):
+        for batch in self.store.unseen(walk, batch=100):
             rows: list[LinkRow] = [tuple(r[1:]) for r in batch]  # type: ignore[misc]
             candidates += len(rows)
             still_there = self.client.lookup([r[0] for r in rows])
             changes = diff_confirmed(self.store, walk.seen, rows, still_there)
-            self.store.add_outbox(self._records(changes, walk, report))
+            self._stage(self._records(changes, walk, report))
             if self.stop_event.is_set():
-                self.store.rollback()
+                self._rollback()
                 report.outcome, report.reason = "stopped", "stop requested"
                 raise Stopped
         report.removal_candidates = candidates
@@ -299,8 +301,17 @@ class Feed:
         self._seq += 1
         ident, body = watermark_body(self.library, walk.walk_id, walk.started_at, self._seq)
         topic = self.settings.kafka.watermark_topic
-        record = OutboxRecord(self._seq, "watermark", topic, self.library.encode(), body, ident)
-        self.store.add_outbox([record])
+        headers = cloudevent_headers(self.library, "watermark", ident, now_iso(), None)
+        record = OutboxRecord(
+            self._seq,
+            "watermark",
+            topic,
+            self.library.encode(),
+            body,
+            ident,
+            encode_headers(headers),
+        )
+        self._stage([record])
         self.store.set_meta("watermark", walk.started_at)
         if self._dry_run is not None:
             self._dry_run(body)
@@ -335,18 +346,9 @@ class Feed:
                     detected_at=detected,
                     bootstrap=True,
                 )
-                records.append(
-                    OutboxRecord(
-                        self._seq,
-                        "event",
-                        topic,
-                        message_key(change.link, kafka.key),
-                        body,
-                        ident,
-                    )
-                )
-            self.store.add_outbox(records)
-            self.store.commit()
+                records.append(self._event_record(change, topic, body, ident, detected))
+            self._stage(records)
+            self._commit()
             self.drain()
             count += len(records)
         return count
@@ -382,8 +384,7 @@ class Feed:
                 )
                 continue
             topic = f"{kafka.topic}.{change.type}" if kafka.topic_per_type else kafka.topic
-            key = message_key(change.previous or change.link, kafka.key)
-            records.append(OutboxRecord(self._seq, "event", topic, key, body, ident))
+            records.append(self._event_record(change, topic, body, ident, detected))
             report.count(change.type)
             if self._dry_run is not None:
                 self._dry_run(body)
@@ -424,6 +425,7 @@ class Feed:
         report.dead_letters += 1
         metrics.DEAD_LETTERS.inc()
         key = link_id.encode() if link_id else None
+        headers = cloudevent_headers(self.library, "dead_letter", ident, now_iso(), link_id)
         return OutboxRecord(
             self._seq,
             "dead_letter",
@@ -431,6 +433,18 @@ class Feed:
             key,
             body,
             ident,
+            encode_headers(headers),
+        )
+
+    def _event_record(
+        self, change: Change, topic: str, body: bytes, ident: str, detected: str
+    ) -> OutboxRecord:
+        # Keyed by the previous values for an update, so that a link's events share a
+        # partition even if the upstream ever moved it (docs/guarantees.md, Ordering).
+        key = message_key(change.previous or change.link, self.settings.kafka.key)
+        headers = cloudevent_headers(self.library, change.type, ident, detected, change.link[0])
+        return OutboxRecord(
+            self._seq, change.type, topic, key, body, ident, encode_headers(headers)
         )
 
     # -- checkpoint and publishing -----------------------------------------------------
@@ -441,10 +455,36 @@ class Feed:
         if not ended:
             self.store.save_walk(walk)
         failpoints.hit("before_state_commit")
-        self.store.commit()
+        self._commit()
         failpoints.hit("after_state_commit")
         self.drain()
         self.store.begin()
+
+    def _stage(self, records: list[OutboxRecord]) -> None:
+        """Add records to the outbox, in the open SQLite transaction."""
+        self.store.add_outbox(records)
+        self._staged.extend(records)
+
+    def _commit(self) -> None:
+        self.store.commit()
+        # Committed records are published from memory; the outbox table is read back
+        # only after a restart, or when memory does not hold the next record.
+        self._committed.extend(self._staged)
+        self._staged.clear()
+
+    def _rollback(self) -> None:
+        self.store.rollback()
+        self._staged.clear()
+
+    def _next_batch(self) -> list[OutboxRecord]:
+        limit = self.settings.kafka.batch_events
+        held = self._committed
+        if held and held[0].seq == self._published + 1:
+            batch = held[:limit]
+            del held[:limit]
+            return batch
+        held.clear()
+        return self.store.outbox(self._published, limit)
 
     def drain(self) -> None:
         """Publish the outbox until it is empty, waiting out broker outages."""
@@ -452,8 +492,8 @@ class Feed:
             return
         publisher = self.publisher
         while True:
-            records = self.store.outbox(self._published, self.settings.kafka.batch_events)
-            metrics.OUTBOX.set(self.store.outbox_size())
+            records = self._next_batch()
+            metrics.OUTBOX.set(len(records) + len(self._committed))
             if not records:
                 return
             walk_id = int(self.store.get_meta("walk_counter", 0))
@@ -463,8 +503,8 @@ class Feed:
             )
             failpoints.hit("after_kafka_commit")
             for record in records:
-                if record.kind == "event":
-                    metrics.EVENTS.labels(orjson.loads(record.value)["type"]).inc()
+                if record.kind.startswith("link_"):
+                    metrics.EVENTS.labels(record.kind).inc()
             self.store.mark_published(records[-1].seq)
             self._published = records[-1].seq
             log.info(

@@ -100,16 +100,13 @@ def cloudevent_headers(
     return headers
 
 
-def headers_for(kind: str, library: str, value: bytes) -> list[tuple[str, bytes]]:
-    """Rebuild the headers of an outbox record from its body (the outbox keeps no copy)."""
-    doc = orjson.loads(value)
-    if kind == "event":
-        return cloudevent_headers(
-            library, doc["type"], doc["event_id"], doc["detected_at"], doc["link"]["id"]
-        )
-    if kind == "watermark":
-        return cloudevent_headers(library, "watermark", doc["event_id"], doc["published_at"], None)
-    return cloudevent_headers(library, "dead_letter", doc["event_id"], doc["detected_at"], None)
+def encode_headers(headers: list[tuple[str, bytes]]) -> bytes:
+    """Headers as stored in the outbox, next to the body they belong to."""
+    return orjson.dumps([[name, value.decode()] for name, value in headers])
+
+
+def decode_headers(stored: bytes) -> list[tuple[str, bytes]]:
+    return [(name, value.encode()) for name, value in orjson.loads(stored)]
 
 
 def watermark_body(library: str, walk: int, watermark: float, seq: int) -> tuple[str, bytes]:

@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from feed import failpoints, metrics
 from feed.errors import ConfigError, ProducerFencedError, PublishError
-from feed.events import headers_for
+from feed.events import decode_headers
 from feed.settings import KafkaSettings
 from feed.store import OutboxRecord
 
@@ -37,9 +37,12 @@ MARKER_SCAN = 2_000  # how far back from the end of the checkpoint topic to look
 class Publisher:
     """Owns one producer; recreates it after a fatal error."""
 
-    def __init__(self, settings: KafkaSettings, library: str) -> None:
+    def __init__(self, settings: KafkaSettings, library: str, state_id: str = "") -> None:
         self.settings = settings
         self.library = library
+        # Outbox sequence numbers count within one state file: a marker written for
+        # another file (one moved aside, or another publisher's) says nothing about ours.
+        self.state_id = state_id
         self.transactional = settings.transactions
         self.transactional_id = settings.transactional_id or f"feed-{library}"
         self.max_message_bytes = int(settings.config.get("message.max.bytes", 1_000_000))
@@ -175,7 +178,9 @@ class Publisher:
             if n == len(records) // 2 and failpoints.armed("mid_produce"):
                 p.flush(10)  # let the first half reach the broker before dying
                 failpoints.hit("mid_produce")
-        marker = orjson.dumps({"seq": records[-1].seq, "walk": walk, "at": time.time()})
+        marker = orjson.dumps(
+            {"seq": records[-1].seq, "state": self.state_id, "walk": walk, "at": time.time()}
+        )
         p.produce(self.settings.checkpoint_topic, marker, self.transactional_id.encode())
         failpoints.hit("before_kafka_commit")
         p.commit_transaction(self._commit_timeout())
@@ -194,7 +199,7 @@ class Publisher:
             raise PublishError(f"Kafka did not confirm every event ({reason})")
 
     def _produce(self, record: OutboxRecord) -> None:
-        headers = headers_for(record.kind, self.library, record.value)
+        headers = decode_headers(record.headers)
         while True:
             try:
                 self._producer.produce(
@@ -310,7 +315,9 @@ class Publisher:
                     break
                 raise PublishError(f"cannot read the checkpoint topic {topic}: {msg.error()}")
             if msg.key() == key:
-                found = max(found or 0, int(orjson.loads(msg.value())["seq"]))
+                marker = orjson.loads(msg.value() or b"{}")
+                if marker.get("state") == self.state_id:
+                    found = max(found or 0, int(marker["seq"]))
         else:
             raise PublishError(f"timed out reading the checkpoint topic {topic}")
         return found

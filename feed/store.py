@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS walk (
     resume TEXT NOT NULL,
     pages INTEGER NOT NULL,
     rows INTEGER NOT NULL,
-    seen BLOB NOT NULL
+    seen BLOB NOT NULL,
+    base_rid INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
@@ -53,7 +55,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     key BLOB,
     value BLOB NOT NULL,
-    event_id TEXT NOT NULL
+    event_id TEXT NOT NULL,
+    headers BLOB NOT NULL
 );
 """
 
@@ -79,6 +82,11 @@ class SeenSet:
         byte = rid >> 3
         return byte < len(self._bits) and bool(self._bits[byte] & (1 << (rid & 7)))
 
+    def count_upto(self, rid: int) -> int:
+        """How many row ids from 0 to ``rid`` are in the set."""
+        head = int.from_bytes(self._bits[: (rid >> 3) + 1], "little")
+        return (head & ((1 << (rid + 1)) - 1)).bit_count()
+
     def dump(self) -> bytes:
         return zlib.compress(bytes(self._bits), 1)
 
@@ -95,6 +103,8 @@ class WalkState:
     pages: int = 0
     rows: int = 0
     seen: SeenSet = field(default_factory=SeenSet)
+    # Rows above this id were added by this walk: seen by definition, no bit needed.
+    base_rid: int = 0
     resumed: bool = False
 
     def position(self) -> str:
@@ -107,12 +117,16 @@ class WalkState:
 
 @dataclass(frozen=True)
 class OutboxRecord:
+    """One Kafka record, decided and checkpointed; ``kind`` is the event type,
+    ``watermark`` or ``dead_letter``."""
+
     seq: int
     kind: str
     topic: str
     key: bytes | None
     value: bytes
     event_id: str
+    headers: bytes
 
 
 class SnapshotStore:
@@ -151,28 +165,34 @@ class SnapshotStore:
     # -- the snapshot ------------------------------------------------------------------
 
     def get_many(self, ids: Sequence[str]) -> dict[str, SnapshotRow]:
+        """The snapshot rows of these ids (those it holds)."""
+        if not ids:
+            return {}
+        wanted = set(ids)
+        # Pages usually come in id order, so one range scan of the index reads the page's
+        # rows in a single pass; a page out of order falls back to point lookups.
+        limit = 2 * len(wanted) + 8
+        rows = self._db.execute(
+            _SELECT_LINKS + " WHERE id BETWEEN ? AND ? LIMIT ?", (min(wanted), max(wanted), limit)
+        ).fetchall()
+        if len(rows) < limit:
+            return {row[1]: row for row in rows if row[1] in wanted}
         found: dict[str, SnapshotRow] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        chunked = list(wanted)
+        for start in range(0, len(chunked), 500):
+            chunk = chunked[start : start + 500]
             # Only "?" placeholders are interpolated; the ids travel as parameters.
-            sql = _SELECT_LINKS + f" WHERE id IN ({marks})"
+            sql = _SELECT_LINKS + f" WHERE id IN ({','.join('?' * len(chunk))})"
             for row in self._db.execute(sql, chunk):
                 found[row[1]] = row
         return found
 
-    def insert_links(self, rows: Iterable[tuple[str, str, str, str, str]]) -> list[int]:
-        """Insert new links; returns their row ids in order."""
-        cur = self._db.cursor()
-        rids = []
-        for row in rows:
-            cur.execute(
-                "INSERT INTO links (id, album_id, asset_id, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                row,
-            )
-            rids.append(int(cur.lastrowid or 0))
-        return rids
+    def insert_links(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
+        self._db.executemany(
+            "INSERT INTO links (id, album_id, asset_id, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def update_links(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
         self._db.executemany(
@@ -201,11 +221,16 @@ class SnapshotStore:
             yield rows
             last = rows[-1][0]
 
-    def unseen(self, seen: SeenSet, batch: int = 1000) -> Iterator[list[SnapshotRow]]:
-        """The links the walk did not see, a batch at a time."""
+    def unseen(self, walk: WalkState, batch: int = 1000) -> Iterator[list[SnapshotRow]]:
+        """The links that were in the snapshot when the walk began and that it did not see."""
+        known = self._db.execute(
+            "SELECT count(*) FROM links WHERE rid <= ?", (walk.base_rid,)
+        ).fetchone()[0]
+        if walk.seen.count_upto(walk.base_rid) >= known:
+            return  # the common case: every link was seen, no need to scan for the others
         pending: list[SnapshotRow] = []
         for rows in self.iter_links(batch=5000):
-            pending.extend(row for row in rows if row[0] not in seen)
+            pending.extend(r for r in rows if r[0] <= walk.base_rid and r[0] not in walk.seen)
             while len(pending) >= batch:
                 yield pending[:batch]
                 pending = pending[batch:]
@@ -216,7 +241,7 @@ class SnapshotStore:
 
     def load_walk(self) -> WalkState | None:
         row = self._db.execute(
-            "SELECT walk_id, started_at, resume, pages, rows, seen FROM walk"
+            "SELECT walk_id, started_at, resume, pages, rows, seen, base_rid FROM walk"
         ).fetchone()
         if row is None:
             return None
@@ -227,18 +252,20 @@ class SnapshotStore:
             pages=row[3],
             rows=row[4],
             seen=SeenSet(row[5]),
+            base_rid=row[6],
             resumed=True,
         )
 
     def new_walk(self) -> WalkState:
         walk_id = int(self.get_meta("walk_counter", 0)) + 1
         self.set_meta("walk_counter", walk_id)
-        return WalkState(walk_id=walk_id, started_at=time.time())
+        top = self._db.execute("SELECT max(rid) FROM links").fetchone()[0]
+        return WalkState(walk_id=walk_id, started_at=time.time(), base_rid=int(top or 0))
 
     def save_walk(self, walk: WalkState) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO walk (singleton, walk_id, started_at, resume, pages, rows,"
-            " seen) VALUES (1, ?, ?, ?, ?, ?, ?)",
+            " seen, base_rid) VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
             (
                 walk.walk_id,
                 walk.started_at,
@@ -246,6 +273,7 @@ class SnapshotStore:
                 walk.pages,
                 walk.rows,
                 walk.seen.dump(),
+                walk.base_rid,
             ),
         )
 
@@ -261,13 +289,14 @@ class SnapshotStore:
 
     def add_outbox(self, records: Iterable[OutboxRecord]) -> None:
         self._db.executemany(
-            "INSERT INTO outbox (seq, kind, topic, key, value, event_id) VALUES (?,?,?,?,?,?)",
-            ((r.seq, r.kind, r.topic, r.key, r.value, r.event_id) for r in records),
+            "INSERT INTO outbox (seq, kind, topic, key, value, event_id, headers)"
+            " VALUES (?,?,?,?,?,?,?)",
+            ((r.seq, r.kind, r.topic, r.key, r.value, r.event_id, r.headers) for r in records),
         )
 
     def outbox(self, after: int = 0, limit: int = 10_000) -> list[OutboxRecord]:
         rows = self._db.execute(
-            "SELECT seq, kind, topic, key, value, event_id FROM outbox WHERE seq > ?"
+            "SELECT seq, kind, topic, key, value, event_id, headers FROM outbox WHERE seq > ?"
             " ORDER BY seq LIMIT ?",
             (after, limit),
         ).fetchall()
@@ -316,7 +345,14 @@ class SnapshotStore:
         except sqlite3.DatabaseError as exc:
             raise StateError(_unreadable(self.path, exc)) from None
 
+    @property
+    def state_id(self) -> str:
+        """A random id given to this state file when it was created."""
+        return str(self.get_meta("state_id"))
+
     def _check_library(self) -> None:
+        if self.get_meta("state_id") is None:
+            self.set_meta("state_id", uuid.uuid4().hex)
         owner = self.get_meta("library")
         if owner is None:
             self.set_meta("library", self.library)

@@ -273,8 +273,8 @@ def test_replaced_producer_does_not_republish_what_the_marker_holds(
     def record(seq: int) -> OutboxRecord:
         body = {"type": "link_added", "event_id": f"e{seq}", "link": {"id": f"l{seq}"},
                 "detected_at": "2026-01-01T00:00:00.000000Z"}
-        return OutboxRecord(seq, "event", settings.kafka.topic, b"k",
-                            json.dumps(body).encode(), f"e{seq}")
+        return OutboxRecord(seq, "link_added", settings.kafka.topic, b"k",
+                            json.dumps(body).encode(), f"e{seq}", b"[]")
 
     batch = [record(1), record(2), record(3)]
     publisher.publish(batch, walk=1)
@@ -285,3 +285,22 @@ def test_replaced_producer_does_not_republish_what_the_marker_holds(
     publisher.close()
     seen = consume(kafka, settings.kafka.topic)
     assert [e["event_id"] for e in seen] == ["e1", "e2", "e3", "e4"]
+
+
+def test_state_file_moved_aside_publishes_everything_again(
+    sim: Simulator, library: Library, kafka: str, tmp_path: Path
+) -> None:
+    """Found by a new user: a fresh state file met the old file's commit marker, whose
+    sequence numbers it took for its own, and published nothing."""
+    settings = make_settings(sim, kafka, tmp_path)
+    seed_links(library, 30)
+    walk_once(settings)
+    settings.state.path.rename(tmp_path / "moved-aside.sqlite3")
+    for suffix in ("-wal", "-shm"):
+        Path(str(settings.state.path) + suffix).unlink(missing_ok=True)
+
+    library.add("album_asset_new")
+    assert walk_once(settings).events == {"link_added": 31}
+    events = link_events(settings)
+    assert len(events) == 61  # every link again, as the README promises
+    assert fold(events) == truth(library)
