@@ -96,6 +96,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             except FatalUpstreamError as exc:
                 metrics.LIVENESS.problem = f"upstream: {exc}"
                 metrics.ERRORS.labels("upstream_fatal").inc()
+                metrics.WALKS.labels("failed").inc()
                 log.error("%s The service stays up and retries after the poll interval.", exc)
             if args.max_walks and complete >= args.max_walks:
                 break
@@ -177,17 +178,24 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from feed.store import SnapshotStore
 
     if not settings.state.path.exists():
-        print(f"no state at {settings.state.path}: no walk has run yet", file=sys.stderr)
-        return EXIT_STATE
+        if args.json:
+            print(orjson.dumps({"state_path": str(settings.state.path), "exists": False}).decode())
+        else:
+            print(f"no state at {settings.state.path}: no walk has run yet (FEED_STATE__PATH)")
+        return EXIT_OK
     store = SnapshotStore(settings.state.path, settings.api.library_id or "default")
     try:
         walk = store.load_walk()
         watermark = store.get_meta("watermark")
+        last = store.get_meta("last_walk")
+        if last:
+            last["started_at"] = _iso(last["started_at"])
         doc = {
             "state_path": str(settings.state.path),
+            "exists": True,
             "library": store.library,
             "links": store.count_links(),
-            "last_walk": store.get_meta("last_walk"),
+            "last_walk": last,
             "walk_in_progress": None
             if walk is None
             else {
@@ -216,9 +224,9 @@ def _print_status(doc: dict[str, Any]) -> None:
     print(f"state       {doc['state_path']} (library {doc['library']}, {doc['links']} links)")
     if last:
         print(
-            f"last walk   #{last['walk']} {last['outcome']} at {_iso(last['started_at'])}, "
+            f"last walk   #{last['walk']} {last['outcome']}, started {last['started_at']}, "
             f"{last['seconds']:.1f} s, {last['pages']} pages, {last['rows']} rows, "
-            f"events {last['events']}"
+            f"events: {_counts(last['events'])}"
         )
     else:
         print("last walk   none yet")
@@ -317,16 +325,17 @@ def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def handle(signum: int, _frame: Any) -> None:
-        log.info(
-            "received %s: finishing the page in hand, then stopping",
-            signal.Signals(signum).name,
-        )
+        log.info("received %s: stopping", signal.Signals(signum).name)
         stop.set()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
     return stop
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none"
 
 
 def _iso(epoch: float) -> str:
@@ -407,17 +416,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     snap.set_defaults(handler=cmd_snapshot)
 
-    sim = sub.add_parser("simulate", help="serve a simulated upstream")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8600)
-    sim.add_argument("--links", type=int, default=10_000)
-    sim.add_argument("--albums", type=int, default=100)
-    sim.add_argument("--libraries", type=int, default=1)
-    sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--churn-per-second", type=float, default=0.0)
-    sim.add_argument("--api-key", default="sim-key")
+    sim = sub.add_parser(
+        "simulate",
+        help="serve a simulated upstream",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="listen address")
+    sim.add_argument("--port", type=int, default=8600, help="listen port")
+    sim.add_argument("--links", type=int, default=10_000, help="links per library")
+    sim.add_argument("--albums", type=int, default=100, help="albums per library")
     sim.add_argument(
-        "--deleted-cursor", choices=["error404", "error400", "continue"], default="error404"
+        "--libraries", type=int, default=1, help="libraries; above 1, requests must name library_id"
+    )
+    sim.add_argument("--seed", type=int, default=1, help="seed of the synthetic data")
+    sim.add_argument(
+        "--churn-per-second",
+        type=float,
+        default=0.0,
+        help="links added, removed and updated per second, in thirds",
+    )
+    sim.add_argument("--api-key", default="sim-key", help="the bearer key it accepts")
+    sim.add_argument(
+        "--deleted-cursor",
+        choices=["error404", "error400", "continue"],
+        default="error404",
+        help="how it answers a starting_after_id whose row was deleted",
     )
     sim.set_defaults(handler=cmd_simulate)
 
@@ -438,6 +461,9 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", parents=[common], help="print the effective settings")
     config.add_argument("--table", action="store_true", help="the settings reference table")
     config.set_defaults(handler=cmd_config)
+
+    for choice in sub.choices.values():
+        choice.description = choice.get_default("handler").__doc__
     return parser
 
 

@@ -66,6 +66,14 @@ class _Walker:
     close: Callable[[], None]
 
 
+def _list_failed(exc: WalkIncomplete | TransientError) -> WalkIncomplete:
+    """The album list of a walk by album failed: a doubtful list is read again from the
+    start, a failed one at the next attempt; either way the log says it was the list."""
+    reason = f"could not read the album list: {exc}"
+    resumable = exc.resumable if isinstance(exc, WalkIncomplete) else True
+    return WalkIncomplete(reason, reason=reason, resumable=resumable)
+
+
 class Stopped(Exception):
     """A stop was requested; everything up to the last checkpoint is safe."""
 
@@ -174,10 +182,16 @@ class Feed:
         return report
 
     def _walk_pages(self, walk: WalkState, report: WalkReport) -> bool:
-        pages, resume, walker = self._pages(walk)
+        self.store.begin()
+        try:
+            pages, resume, walker = self._pages(walk)
+        except (WalkIncomplete, TransientError) as exc:
+            # A walk by album reads the album list first. A doubtful or unreadable list
+            # ends the walk as a doubtful page does; it must not stop the service.
+            self._give_up(walk, report, _list_failed(exc))
+            return False
         pending = 0
         last_checkpoint = last_progress = time.monotonic()
-        self.store.begin()
         try:
             for page in pages:
                 failpoints.hit("after_fetch")
@@ -313,8 +327,6 @@ class Feed:
         )
         self._stage([record])
         self.store.set_meta("watermark", walk.started_at)
-        if self._dry_run is not None:
-            self._dry_run(body)
 
     def publish_snapshot(self) -> int:
         """Publish every known link as a ``link_snapshot`` event; the diff state is untouched.
@@ -508,7 +520,7 @@ class Feed:
             self.store.mark_published(records[-1].seq)
             self._published = records[-1].seq
             log.info(
-                "published %d records (outbox seq %d..%d)",
+                "published %d record(s), outbox seq %d..%d",
                 len(records),
                 records[0].seq,
                 records[-1].seq,

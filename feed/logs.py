@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -29,6 +30,27 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+class Throttle(logging.Filter):
+    """Let one line of each kind through per ``every`` seconds.
+
+    librdkafka reports every failed reconnect to a broker that is down: hundreds of lines
+    a minute that say the same thing. Digits are ignored when lines are compared.
+    """
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = re.sub(r"\d+", "#", record.getMessage())
+        last = self._last.get(kind)
+        if last is not None and record.created - last < self.every:
+            return False
+        self._last[kind] = record.created
+        return True
+
+
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -37,6 +59,8 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    librdkafka = logging.getLogger("feed.librdkafka")
+    librdkafka.filters[:] = [Throttle()]
     root.setLevel(level)
     # httpx logs every request at INFO; that is our DEBUG.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

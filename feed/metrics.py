@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from feed import __version__
 
 PAGES = Counter("feed_pages_fetched_total", "Pages fetched from the upstream.")
 ROWS = Counter("feed_rows_fetched_total", "Rows fetched from the upstream.")
@@ -25,6 +27,8 @@ LAST_COMPLETE_WALK = Gauge(
 )
 WATERMARK = Gauge("feed_watermark_timestamp_seconds", "The published watermark.")
 OUTBOX = Gauge("feed_outbox_pending_events", "Events checkpointed but not yet in Kafka.")
+INFO = Info("feed", "The running feed.")
+INFO.info({"version": __version__})
 PRODUCERS = Counter("feed_producers_created_total", "Kafka producers created.")
 
 

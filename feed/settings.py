@@ -9,8 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from feed.errors import ConfigError
 
@@ -55,6 +62,13 @@ class ApiSettings(BaseModel):
         1, ge=1, le=64, description="Albums walked at once (1: one sequential walk)."
     )
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
 
 class StateSettings(BaseModel):
     """Where the checkpoint lives."""
@@ -74,13 +88,14 @@ class KafkaSettings(BaseModel):
         description="Route each event type to `<topic>.<type>` (loses cross-type order).",
     )
     watermark_topic: str = Field(
-        "gumnut.album-assets.watermarks", description="Topic of the watermark records."
+        "", description="Topic of the watermark records; empty: `<topic>.watermarks`."
     )
     dead_letter_topic: str = Field(
-        "gumnut.album-assets.dead-letter", description="Topic of rows that became no event."
+        "", description="Topic of rows that became no event; empty: `<topic>.dead-letter`."
     )
     checkpoint_topic: str = Field(
-        "feed.checkpoints", description="Compacted topic of the publisher's commit markers."
+        "",
+        description="Compacted topic of the commit markers; empty: `<topic>.checkpoints`.",
     )
     key: Literal["album", "asset", "link"] = Field(
         "album", description="Message key: album id, asset id or link id."
@@ -105,6 +120,13 @@ class KafkaSettings(BaseModel):
         default_factory=dict,
         description="Extra librdkafka settings (JSON object): SASL, TLS, compression, linger.",
     )
+
+    @model_validator(mode="after")
+    def _topics_follow_the_events_topic(self) -> KafkaSettings:
+        self.watermark_topic = self.watermark_topic or f"{self.topic}.watermarks"
+        self.dead_letter_topic = self.dead_letter_topic or f"{self.topic}.dead-letter"
+        self.checkpoint_topic = self.checkpoint_topic or f"{self.topic}.checkpoints"
+        return self
 
     @field_validator("config")
     @classmethod
@@ -167,6 +189,12 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        # A variable that should hold JSON (FEED_KAFKA__CONFIG) and does not.
+        raise ConfigError(
+            f"invalid configuration: {exc}; JSON values must be valid JSON, "
+            "e.g. FEED_KAFKA__CONFIG='{\"linger.ms\": 20}'"
+        ) from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -9,7 +10,7 @@ import uuid
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException
 
 from feed.settings import Settings
 
@@ -39,8 +40,14 @@ def tail(
             "group.id": f"feed-tail-{uuid.uuid4()}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
-        }
+        },
+        logger=logging.getLogger("feed.librdkafka"),
     )
+    problem = _check_topics(consumer, topics, k.bootstrap_servers)
+    if problem:
+        consumer.close()
+        print(f"feed tail: {problem}", file=sys.stderr)
+        return 6
     start = OFFSET_BEGINNING if from_beginning else OFFSET_END
 
     def on_assign(c: Any, partitions: list[Any]) -> None:
@@ -78,6 +85,24 @@ def tail(
     finally:
         consumer.close()
     return 0
+
+
+def _check_topics(consumer: Any, topics: list[str], bootstrap: str) -> str | None:
+    """Why tailing cannot start (broker unreachable, topic missing), or None."""
+    try:
+        known = consumer.list_topics(timeout=10).topics
+    except KafkaException as exc:
+        return (
+            f"cannot reach Kafka at {bootstrap} ({exc}); check FEED_KAFKA__BOOTSTRAP_SERVERS"
+            " (scripts/kafka-local bootstrap prints the local broker's address)"
+        )
+    missing = [t for t in topics if t not in known]
+    if missing:
+        return (
+            f"topic {', '.join(missing)} does not exist yet; set FEED_KAFKA__TOPIC to the "
+            "publisher's topic, or wait for its first walk"
+        )
+    return None
 
 
 def _line(doc: dict[str, Any], where: str) -> str:

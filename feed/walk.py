@@ -92,7 +92,8 @@ class PageWalk:
                 cursor, restarts = self._step_back(cursor, restarts, sent)
                 continue
             except TransientError as exc:
-                self._fail(f"gave up on the page after {cursor!r}: {exc}", True)
+                where = "the first page" if cursor is None else f"the page after {cursor!r}"
+                self._fail(f"gave up on {where}: {exc}", True)
             sent.add(cursor)
             self._count(page, cursor)
             if page.row_count == 0:
