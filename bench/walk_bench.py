@@ -7,6 +7,8 @@ library of N links, in one run:
 - first:     the first walk, every link published as link_added, transactions on;
 - nochange:  a walk where nothing changed (the common case);
 - churn1pct: a walk after 1% of the links changed (adds, removes, updates);
+- with ``--latency``: bare and nochange again with that many ms per request, and the
+  no-change walk split by album, 8 albums at once (FEED_API__CONCURRENCY=8);
 
 each as wall time, links per second, the ratio to the bare walk of the same run, peak
 resident memory of the measuring process, and the state's size on disk. ``--latency``
@@ -38,7 +40,7 @@ API_KEY = "bench-key"
 
 
 def measure(
-    scenario: str, base_url: str, bootstrap: str, state: Path, topic: str
+    scenario: str, base_url: str, bootstrap: str, state: Path, topic: str, *, concurrency: int
 ) -> dict[str, Any]:
     """Run one scenario in this process and return its figures."""
     from feed.client import UpstreamClient
@@ -47,7 +49,12 @@ def measure(
     from feed.walk import PageWalk
 
     settings = Settings(
-        api={"base_url": base_url, "api_key": API_KEY, "requests_per_second": 1e6},
+        api={
+            "base_url": base_url,
+            "api_key": API_KEY,
+            "requests_per_second": 1e6,
+            "concurrency": concurrency,
+        },
         state={"path": state},
         kafka={
             "bootstrap_servers": bootstrap,
@@ -150,7 +157,7 @@ def run(links: int, latency_ms: float, smoke: bool) -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory() as scratch:
             state = Path(scratch) / "state.sqlite3"
             topic = f"bench.{uuid.uuid4().hex[:8]}"
-            common = [base, bootstrap, str(state), topic]
+            common = [base, bootstrap, str(state), topic, "1"]
             for scenario in ("bare", "first", "nochange"):
                 results.append(_run_child([scenario, *common]))
             admin.post(
@@ -168,6 +175,10 @@ def run(links: int, latency_ms: float, smoke: bool) -> list[dict[str, Any]]:
                     row = _run_child([scenario, *common])
                     row["scenario"] += f"+{latency_ms:g}ms"
                     results.append(row)
+                # The same no-change walk split by album, 8 albums at a time.
+                row = _run_child(["nochange", *common[:-1], "8"])
+                row["scenario"] += f"+{latency_ms:g}ms/c8"
+                results.append(row)
     finally:
         sim.terminate()
         sim.wait(30)
@@ -175,22 +186,25 @@ def run(links: int, latency_ms: float, smoke: bool) -> list[dict[str, Any]]:
 
 
 def report(results: list[dict[str, Any]], links: int) -> str:
+    def suffix(name: str) -> str:
+        return name.split("+", maxsplit=1)[1].split("/", maxsplit=1)[0] if "+" in name else ""
+
     bare = {
-        r["scenario"].split("+")[1] if "+" in r["scenario"] else "": r["seconds"]
+        suffix(r["scenario"]): r["seconds"]
         for r in results
-        if r["scenario"].startswith("bare")
+        if r["scenario"] == "bare" or r["scenario"].startswith("bare+")
     }
     lines = [
         f"library: {links} links",
-        f"{'scenario':<16}{'seconds':>9}{'links/s':>10}{'x bare':>8}{'peak MB':>9}"
+        f"{'scenario':<20}{'seconds':>9}{'links/s':>10}{'x bare':>8}{'peak MB':>9}"
         f"{'state MB':>10}  events",
     ]
     for r in results:
-        suffix = r["scenario"].split("+")[1] if "+" in r["scenario"] else ""
-        ratio = r["seconds"] / bare[suffix] if bare.get(suffix) else 0
+        base_seconds = bare.get(suffix(r["scenario"]))
+        ratio = r["seconds"] / base_seconds if base_seconds else 0
         r["ratio_to_bare"] = round(ratio, 2)
         lines.append(
-            f"{r['scenario']:<16}{r['seconds']:>9.2f}{r['links_per_second']:>10}"
+            f"{r['scenario']:<20}{r['seconds']:>9.2f}{r['links_per_second']:>10}"
             f"{ratio:>8.2f}{r['peak_rss_mb']:>9.1f}{r['state_mb']:>10.1f}  "
             f"{r['events'] or ''}"
         )
@@ -203,11 +217,14 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=20.0, help="ms added per request")
     parser.add_argument("--smoke", action="store_true", help="tiny run for CI, no latency")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        scenario, base, bootstrap, state, topic = args.child
-        print(json.dumps(measure(scenario, base, bootstrap, Path(state), topic)))
+        scenario, base, bootstrap, state, topic, concurrency = args.child
+        result = measure(
+            scenario, base, bootstrap, Path(state), topic, concurrency=int(concurrency)
+        )
+        print(json.dumps(result))
         return
     links = 2_000 if args.smoke else args.links
     results = run(links, args.latency, args.smoke)
