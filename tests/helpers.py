@@ -10,10 +10,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
 
+from feed.client import UpstreamClient
 from feed.settings import ApiSettings, Settings
 from feed.simulator import Library, Simulator
 
@@ -48,6 +50,24 @@ def api_settings(sim: Simulator, **overrides: Any) -> ApiSettings:
     }
     values.update(overrides)
     return ApiSettings(**values)
+
+
+@pytest.fixture
+def client(sim: Simulator) -> Iterator[UpstreamClient]:
+    """A client with pages of two rows: the notation of cases.md."""
+    with UpstreamClient(api_settings(sim, limit=2)) as upstream:
+        yield upstream
+
+
+def cursors(sim: Simulator) -> list[str | None]:
+    """The starting_after_id of every list request, in order (None: a first page)."""
+    out: list[str | None] = []
+    for raw in list(sim.requests):
+        parts = urlsplit(raw)
+        query = parse_qs(parts.query)
+        if parts.path == "/api/album-assets" and "ids" not in query:
+            out.append(query.get("starting_after_id", [None])[0])
+    return out
 
 
 def seed_links(library: Library, count: int) -> list[str]:

@@ -7,36 +7,18 @@ A walk must either reach a trustworthy end (complete) or say it did not
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
-from helpers import api_settings, seed_links
+from helpers import api_settings, cursors, seed_links
 
 from feed.client import UpstreamClient
 from feed.errors import AuthError, FatalUpstreamError, WalkIncomplete
 from feed.ratelimit import TokenBucket
 from feed.simulator import Library, Simulator
 from feed.walk import MAX_RESTARTS, RESUME_DEPTH, PageWalk, WalkPage
-
-
-@pytest.fixture
-def client(sim: Simulator) -> Iterator[UpstreamClient]:
-    with UpstreamClient(api_settings(sim, limit=2)) as upstream:
-        yield upstream
-
-
-def cursors(sim: Simulator) -> list[str | None]:
-    """The starting_after_id of every list request, in order (None: a first page)."""
-    out: list[str | None] = []
-    for raw in list(sim.requests):
-        parts = urlsplit(raw)
-        query = parse_qs(parts.query)
-        if parts.path == "/api/album-assets" and "ids" not in query:
-            out.append(query.get("starting_after_id", [None])[0])
-    return out
 
 
 def seen(pages: list[WalkPage]) -> list[str]:

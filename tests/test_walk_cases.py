@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
-from helpers import REPO, api_settings, seed_links
+from helpers import REPO, api_settings, cursors, seed_links
 
 from feed.client import UpstreamClient
 from feed.errors import AuthError, ConfigError, FatalUpstreamError, WalkIncomplete
@@ -31,24 +31,6 @@ from feed.simulator import Library, Simulator
 from feed.walk import PageWalk, WalkPage
 
 A1, A2, A3, A4 = (f"album_asset_{n}" for n in range(1, 5))
-
-
-@pytest.fixture
-def client(sim: Simulator) -> Iterator[UpstreamClient]:
-    """The notation of cases.md: pages of two rows."""
-    with UpstreamClient(api_settings(sim, limit=2)) as upstream:
-        yield upstream
-
-
-def cursors(sim: Simulator) -> list[str | None]:
-    """The starting_after_id of every list request, in order (None: a first page)."""
-    out: list[str | None] = []
-    for raw in list(sim.requests):
-        parts = urlsplit(raw)
-        query = parse_qs(parts.query)
-        if parts.path == "/api/album-assets" and "ids" not in query:
-            out.append(query.get("starting_after_id", [None])[0])
-    return out
 
 
 def id_batches(sim: Simulator) -> list[list[str]]:
