@@ -12,6 +12,7 @@ import argparse
 import logging
 import random
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -58,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UPSTREAM
     except StateError as exc:
         log.error("%s", exc)
+        return EXIT_STATE
+    except sqlite3.Error as exc:
+        # SQLite undoes the open transaction itself: the last checkpoint stands.
+        log.error(
+            "cannot write the state file %s (%s). The last checkpoint is intact; free disk "
+            "space or fix the file's permissions (FEED_STATE__PATH), then start again.",
+            settings.state.path,
+            exc,
+        )
         return EXIT_STATE
     except PublishError as exc:
         log.error("%s", exc)
