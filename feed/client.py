@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -44,6 +46,7 @@ class UpstreamClient:
         *,
         bucket: TokenBucket | None = None,
         policy: RetryPolicy | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         if settings.api_key is None or not settings.api_key.get_secret_value():
             raise ConfigError(
@@ -53,7 +56,9 @@ class UpstreamClient:
         self.limit = settings.limit
         self._bucket = bucket or shared_bucket(settings.requests_per_second)
         self._policy = policy or RetryPolicy(
-            settings, on_retry=lambda reason, _: metrics.RETRIES.labels(reason).inc()
+            settings,
+            sleep=time.sleep if stop is None else _stoppable_sleep(stop),
+            on_retry=lambda reason, _: metrics.RETRIES.labels(reason).inc(),
         )
         self._http = httpx.Client(
             base_url=settings.base_url,
@@ -93,9 +98,13 @@ class UpstreamClient:
             f"GET {LINKS_PATH} ({where})",
         )
 
-    def lookup(self, ids: Sequence[str]) -> dict[str, Link]:
-        """The links among ``ids`` that exist now, in batches of at most 100 ids."""
-        found: dict[str, Link] = {}
+    def lookup(self, ids: Sequence[str]) -> dict[str, Link | None]:
+        """The links among ``ids`` that exist now, in batches of at most 100 ids.
+
+        A link the upstream returned in a row that does not validate maps to None: it
+        exists, so it must not be taken for removed.
+        """
+        found: dict[str, Link | None] = {}
         for start in range(0, len(ids), MAX_IDS_PER_LOOKUP):
             batch = ids[start : start + MAX_IDS_PER_LOOKUP]
             found.update(self._lookup_batch(batch))
@@ -125,11 +134,11 @@ class UpstreamClient:
 
     # -- the plumbing ----------------------------------------------------------------
 
-    def _lookup_batch(self, batch: Sequence[str]) -> dict[str, Link]:
+    def _lookup_batch(self, batch: Sequence[str]) -> dict[str, Link | None]:
         params = self._base_params(None) + [("ids", i) for i in batch]
         params.append(("limit", str(min(len(batch), 200))))
 
-        def attempt() -> dict[str, Link]:
+        def attempt() -> dict[str, Link | None]:
             doc = parse_page(self._get(LINKS_PATH, params))
             if doc.has_more:
                 # Every id asked for fits in one answer, so "more" means this one was cut
@@ -140,7 +149,11 @@ class UpstreamClient:
                     f"{doc.row_count} rows; a cut answer cannot confirm removals"
                 )
             asked = set(batch)
-            return {link.id: link for link in doc.links if link.id in asked}
+            found: dict[str, Link | None] = {
+                r.link_id: None for r in doc.rejected if r.link_id in asked
+            }
+            found.update((link.id, link) for link in doc.links if link.id in asked)
+            return found
 
         what = f"GET {LINKS_PATH} (ids lookup of {len(batch)})"
         return self._policy.call(attempt, what)
@@ -224,6 +237,17 @@ class UpstreamClient:
         if status == 400 and "library" in text.lower():
             hint = " The account has several libraries: set FEED_API__LIBRARY_ID."
         raise FatalUpstreamError(f"HTTP {status} from the upstream: {text}.{hint}", status=status)
+
+
+def _stoppable_sleep(stop: threading.Event) -> Callable[[float], None]:
+    """A retry wait that a stop request cuts short: the request then fails as transient,
+    which ends the walk as incomplete and resumable (nothing removed, cursor kept)."""
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise TransientError("stop requested while waiting to retry", reason="stopped")
+
+    return sleep
 
 
 def _next_album_cursor(rows: list[dict[str, Any]], sent: set[str | None]) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from feed.events import Change, LinkRow
 from feed.links import Link
-from feed.store import SeenSet, SnapshotStore, WalkState
+from feed.store import SnapshotStore, WalkState
 
 
 @dataclass
@@ -69,22 +69,24 @@ def diff_page(store: SnapshotStore, walk: WalkState, links: Sequence[Link]) -> P
 
 def diff_confirmed(
     store: SnapshotStore,
-    seen: SeenSet,
     candidates: Sequence[LinkRow],
-    still_there: dict[str, Link],
+    still_there: dict[str, Link | None],
 ) -> list[Change]:
     """Turn removal candidates into changes, given which of them an id lookup still found.
 
     A candidate the lookup found was missed by the walk (it moved under the cursor): it
-    is not removed, and it is an update if it changed.
+    is not removed, and it is an update if it changed. One found in a row that does not
+    validate (None) is left as it is: unreadable is not removed.
     """
     changes: list[Change] = []
     gone: list[str] = []
     for old in candidates:
-        current = still_there.get(old[0])
-        if current is None:
+        if old[0] not in still_there:
             changes.append(Change("link_removed", old))
             gone.append(old[0])
+            continue
+        current = still_there[old[0]]
+        if current is None:
             continue
         row = current.as_row()
         if row != old:

@@ -56,6 +56,20 @@ from feed.walk import PageWalk, WalkPage, WalkResult
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_SECONDS = 10.0
+# Room for Kafka's per-record framing when checking a record against message.max.bytes.
+RECORD_OVERHEAD = 512
+CLIP_CHARS = 256
+
+
+def _record_size(record: OutboxRecord) -> int:
+    # The stored headers (JSON) are a little longer than on the wire: a safe estimate.
+    return len(record.value) + len(record.key or b"") + len(record.headers)
+
+
+def _clip(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > CLIP_CHARS:
+        return value[:CLIP_CHARS] + f"...({len(value)} chars)"
+    return value
 
 
 @dataclass
@@ -114,7 +128,7 @@ class Feed:
         self.library = settings.api.library_id or "default"
         self.stop_event = stop or threading.Event()
         self._dry_run = dry_run
-        self.client = UpstreamClient(settings.api)
+        self.client = UpstreamClient(settings.api, stop=self.stop_event)
         self.store = SnapshotStore(settings.state.path, self.library)
         self.publisher: Publisher | None = None
         if dry_run is None:
@@ -294,7 +308,7 @@ class Feed:
             rows: list[LinkRow] = [tuple(r[1:]) for r in batch]  # type: ignore[misc]
             candidates += len(rows)
             still_there = self.client.lookup([r[0] for r in rows])
-            changes = diff_confirmed(self.store, walk.seen, rows, still_there)
+            changes = diff_confirmed(self.store, rows, still_there)
             self._stage(self._records(changes, walk, report))
             if self.stop_event.is_set():
                 self._rollback()
@@ -358,7 +372,14 @@ class Feed:
                     detected_at=detected,
                     bootstrap=True,
                 )
-                records.append(self._event_record(change, topic, body, ident, detected))
+                record = self._event_record(change, topic, body, ident, detected)
+                if not self._fits(record):
+                    nowalk, noreport = WalkState(walk_id=0, started_at=0.0), WalkReport()
+                    detail = {"bytes": _record_size(record), "type": change.type}
+                    reason = "event larger than message.max.bytes"
+                    record = self._dead_letter(nowalk, row[1], reason, detail, noreport)
+                    count -= 1
+                records.append(record)
             self._stage(records)
             self._commit()
             self.drain()
@@ -384,19 +405,22 @@ class Feed:
                 seq=self._seq,
                 detected_at=detected,
             )
-            if self.publisher and len(body) > self.publisher.max_message_bytes:
+            topic = f"{kafka.topic}.{change.type}" if kafka.topic_per_type else kafka.topic
+            record = self._event_record(change, topic, body, ident, detected)
+            if not self._fits(record):
+                # Key and headers count too: a record Kafka refuses would block the
+                # outbox forever, so it goes to the dead-letter topic instead.
                 records.append(
                     self._dead_letter(
                         walk,
                         change.link[0],
                         "event larger than message.max.bytes",
-                        {"bytes": len(body), "type": change.type},
+                        {"bytes": _record_size(record), "type": change.type},
                         report,
                     )
                 )
                 continue
-            topic = f"{kafka.topic}.{change.type}" if kafka.topic_per_type else kafka.topic
-            records.append(self._event_record(change, topic, body, ident, detected))
+            records.append(record)
             report.count(change.type)
             if self._dry_run is not None:
                 self._dry_run(body)
@@ -433,9 +457,21 @@ class Feed:
         report: WalkReport,
     ) -> OutboxRecord:
         self._seq += 1
-        ident, body = dead_letter_body(self.library, walk.walk_id, link_id, reason, detail)
+        record = self._dead_letter_record(walk, link_id, reason, detail)
+        if not self._fits(record):
+            # A huge row: keep what names it and why, drop the rest, so that the dead
+            # letter itself can never be refused by Kafka and block the outbox.
+            short = {k: _clip(v) for k, v in detail.items() if k != "row"}
+            short["truncated_bytes"] = _record_size(record)
+            record = self._dead_letter_record(walk, _clip(link_id), reason, short)
         report.dead_letters += 1
         metrics.DEAD_LETTERS.inc()
+        return record
+
+    def _dead_letter_record(
+        self, walk: WalkState, link_id: str | None, reason: str, detail: dict[str, Any]
+    ) -> OutboxRecord:
+        ident, body = dead_letter_body(self.library, walk.walk_id, link_id, reason, detail)
         key = link_id.encode() if link_id else None
         headers = cloudevent_headers(self.library, "dead_letter", ident, now_iso(), link_id)
         return OutboxRecord(
@@ -447,6 +483,12 @@ class Feed:
             ident,
             encode_headers(headers),
         )
+
+    def _fits(self, record: OutboxRecord) -> bool:
+        """Whether Kafka can take this record (value, key and headers together)."""
+        if self.publisher is None:
+            return True
+        return _record_size(record) + RECORD_OVERHEAD <= self.publisher.max_message_bytes
 
     def _event_record(
         self, change: Change, topic: str, body: bytes, ident: str, detected: str

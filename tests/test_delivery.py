@@ -304,3 +304,20 @@ def test_state_file_moved_aside_publishes_everything_again(
     events = link_events(settings)
     assert len(events) == 61  # every link again, as the README promises
     assert fold(events) == truth(library)
+
+
+def test_regression_unreadable_row_in_lookup_is_not_removed(
+    sim: Simulator, library: Library, kafka: str, tmp_path: Path
+) -> None:
+    """Found by the convergence suite's author: a removal candidate that the id lookup
+    returned in a row that does not validate was dropped, and so reported removed."""
+    settings = make_settings(sim, kafka, tmp_path, limit=2)
+    seed_links(library, 4)
+    walk_once(settings)
+    sim.faults.hidden = {"album_asset_2"}  # the walk misses it: a removal candidate
+    library.raw["album_asset_2"] = dict(library.render("album_asset_2"), created_at="soon")
+    report = walk_once(settings)
+    assert report.outcome == "complete"
+    assert report.removal_candidates == 1
+    assert "link_removed" not in report.events
+    assert {e["type"] for e in link_events(settings)} == {"link_added"}
