@@ -129,10 +129,22 @@ class Feed:
         self.stop_event = stop or threading.Event()
         self._dry_run = dry_run
         self.client = UpstreamClient(settings.api, stop=self.stop_event)
-        self.store = SnapshotStore(settings.state.path, self.library)
         self.publisher: Publisher | None = None
-        if dry_run is None:
-            self.publisher = Publisher(settings.kafka, self.library, self.store.state_id)
+        try:
+            # One writer per state file: a second run, once or snapshot stops at once.
+            self.store = SnapshotStore(
+                settings.state.path, self.library, exclusive=dry_run is None
+            )
+        except BaseException:
+            self.client.close()
+            raise
+        try:
+            if dry_run is None:
+                self.publisher = Publisher(settings.kafka, self.library, self.store.state_id)
+        except BaseException:
+            self.store.close()
+            self.client.close()
+            raise
         self._seq = 0
         self._published = 0
         self._staged: list[OutboxRecord] = []  # in the open SQLite transaction
@@ -396,7 +408,9 @@ class Feed:
         detected = now_iso()
         for change in changes:
             self._seq += 1
-            ident = event_id(self.library, change)
+            # The walk is part of the id: a link removed and re-added with the very same
+            # values is two changes, and a consumer de-duplicating on ids must see both.
+            ident = event_id(self.library, change, salt=f"walk-{walk.walk_id}")
             body = event_body(
                 self.library,
                 change,

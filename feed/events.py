@@ -1,8 +1,8 @@
 """The events feed publishes: their JSON body, their id, their key and their headers.
 
 The body follows ``feed/schemas/link-event.v1.json``; headers follow the CloudEvents
-Kafka binding in binary mode. The event id is a hash of what changed, so the same change
-always has the same id, whichever run or retry publishes it.
+Kafka binding in binary mode. The event id is a hash of what changed and of the walk that
+found it, so an event keeps its id whichever retry or restart publishes it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,11 @@ def now_iso() -> str:
 
 
 def event_id(library: str, change: Change, salt: str = "") -> str:
-    """Deterministic: the same change of the same link always gets the same id."""
+    """Deterministic: the same change, found by the same walk, always gets the same id.
+
+    ``salt`` carries the walk (or the snapshot run), so that equal values found by two
+    different walks, a link removed and re-added as it was, are two events.
+    """
     prev = change.previous or ("", "", "", "", "")
     parts = (SCHEMA, library, change.type, *change.link, *prev[1:], salt)
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]

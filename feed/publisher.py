@@ -34,6 +34,21 @@ log = logging.getLogger(__name__)
 MARKER_SCAN = 2_000  # how far back from the end of the checkpoint topic to look first
 
 
+def _kafka_client(factory: Any, config: dict[str, Any], **kwargs: Any) -> Any:
+    """A librdkafka client; a setting librdkafka refuses is a configuration error."""
+    try:
+        return factory(config, **kwargs)
+    except KafkaException as exc:
+        err = exc.args[0]
+        if err.code() != KafkaError._INVALID_ARG:
+            raise
+        raise ConfigError(
+            f"invalid Kafka setting: {err.str().strip()}; check FEED_KAFKA__CONFIG"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid Kafka setting: {exc}; check FEED_KAFKA__CONFIG") from None
+
+
 class Publisher:
     """Owns one producer; recreates it after a fatal error."""
 
@@ -45,7 +60,15 @@ class Publisher:
         self.state_id = state_id
         self.transactional = settings.transactions
         self.transactional_id = settings.transactional_id or f"feed-{library}"
-        self.max_message_bytes = int(settings.config.get("message.max.bytes", 1_000_000))
+        try:
+            self.max_message_bytes = int(settings.config.get("message.max.bytes", 1_000_000))
+            float(settings.config.get("message.timeout.ms", 0))
+        except (TypeError, ValueError):
+            names = ("message.max.bytes", "message.timeout.ms")
+            numbers = {k: settings.config[k] for k in names if k in settings.config}
+            raise ConfigError(
+                f"invalid FEED_KAFKA__CONFIG: these must be numbers, got {numbers!r}"
+            ) from None
         self._producer: Any = None
         self._failed: list[str] = []
 
@@ -76,7 +99,7 @@ class Publisher:
 
     def ensure_topics(self, timeout: float = 30.0) -> None:
         """Create missing topics if allowed; a missing topic we may not create is an error."""
-        admin = AdminClient(self.base_config())
+        admin = _kafka_client(AdminClient, self.base_config())
         try:
             existing = set(admin.list_topics(timeout=timeout).topics)
         except KafkaException as exc:
@@ -148,7 +171,7 @@ class Publisher:
             config["transactional.id"] = self.transactional_id
             config.setdefault("transaction.timeout.ms", 120_000)
         metrics.PRODUCERS.inc()
-        return Producer(config, logger=logging.getLogger("feed.librdkafka"))
+        return _kafka_client(Producer, config, logger=logging.getLogger("feed.librdkafka"))
 
     def publish(self, records: Sequence[OutboxRecord], walk: int) -> None:
         """Deliver ``records`` (in order) or raise PublishError; nothing in between."""

@@ -219,7 +219,9 @@ def masked(settings: Settings) -> dict[str, Any]:
 
 
 def _looks_secret(name: str) -> bool:
-    return any(word in name.lower() for word in ("password", "secret", "key", "token"))
+    # sasl.oauthbearer.config carries client credentials as text ("clientSecret=...").
+    words = ("password", "secret", "key", "token", "credential", "jaas", "oauthbearer.config")
+    return any(word in name.lower() for word in words)
 
 
 _GROUPS: dict[str, type[BaseModel]] = {

@@ -11,6 +11,7 @@ walk of a million links holds 128 KiB, not the library.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sqlite3
 import time
@@ -132,18 +133,33 @@ class OutboxRecord:
 class SnapshotStore:
     """The SQLite checkpoint of one library."""
 
-    def __init__(self, path: Path, library: str) -> None:
+    def __init__(self, path: Path, library: str, *, exclusive: bool = False) -> None:
         self.path = path
         self.library = library
-        self._db = _connect(path)
+        self._lock = _lock(path) if exclusive else None
         self._in_tx = False
-        self._migrate()
+        try:
+            self._db = _connect(path)
+        except BaseException:
+            self._release()
+            raise
+        try:
+            self._migrate()
+            self._identity = _identity(path)
+        except BaseException:
+            self._db.close()
+            self._release()
+            raise
 
     def close(self) -> None:
-        if self._in_tx:
-            self._db.execute("ROLLBACK")
-            self._in_tx = False
+        self.rollback()
         self._db.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     # -- transactions ------------------------------------------------------------------
 
@@ -154,13 +170,33 @@ class SnapshotStore:
 
     def commit(self) -> None:
         if self._in_tx:
-            self._db.execute("COMMIT")
-            self._in_tx = False
+            self._check_in_place()
+            try:
+                self._db.execute("COMMIT")
+            finally:
+                # A failed COMMIT (a full disk) may have rolled the transaction back.
+                self._in_tx = self._db.in_transaction
 
     def rollback(self) -> None:
         if self._in_tx:
-            self._db.execute("ROLLBACK")
             self._in_tx = False
+            # SQLite may already have rolled back on its own (SQLITE_FULL, SQLITE_IOERR):
+            # a second ROLLBACK would raise and hide the error that caused it.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    def _check_in_place(self) -> None:
+        """The file written to must still be the one at ``path``: a checkpoint committed
+        into a deleted or replaced file is lost, and the next start, finding no state,
+        would publish every link again."""
+        if _identity(self.path) != self._identity:
+            self.rollback()
+            raise StateError(
+                f"the state file {self.path} was deleted or replaced while feed ran; "
+                "stopping rather than checkpointing into a file no restart will read. "
+                "Put the file back (or restore a backup) before starting again: starting "
+                "from an empty state re-publishes every link."
+            )
 
     # -- the snapshot ------------------------------------------------------------------
 
@@ -363,6 +399,32 @@ class SnapshotStore:
             )
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _lock(path: Path) -> Any:
+    """Hold ``<state>.lock`` for as long as this process writes the state file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(f"{path}.lock", "a+")  # noqa: SIM115 - held open while the store lives
+    except OSError as exc:
+        raise StateError(f"cannot create the lock file {path}.lock: {exc}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StateError(
+            f"another feed process is using the state file {path} (feed run, once or "
+            "snapshot): stop it first, or give this one its own FEED_STATE__PATH"
+        ) from None
+    return handle
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -373,6 +435,9 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA busy_timeout = 5000")
         db.execute("PRAGMA cache_size = -16000")
+        # The WAL is cut back to this size after each checkpoint instead of keeping the
+        # size of the largest transaction it ever held.
+        db.execute("PRAGMA journal_size_limit = 16777216")
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         raise StateError(_unreadable(path, exc)) from None
@@ -381,7 +446,21 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+# Primary SQLite result codes that mean the file's content is damaged.
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
 def _unreadable(path: Path, exc: Exception) -> str:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) not in _DAMAGED:
+        # Permissions, a read-only mount, a locked or missing directory: the file may be
+        # fine, and moving it aside would re-publish every link for nothing.
+        return (
+            f"cannot open the state file {path} ({exc}). Check that the file and its "
+            f"directory are writable by feed (SQLite also creates {path.name}-wal and "
+            f"{path.name}-shm beside it) and that the disk is mounted read-write; do not "
+            "move the file aside for this."
+        )
     return (
         f"the state file {path} cannot be read ({exc}). feed will not guess: starting "
         "from an empty state would re-publish every link. Restore it from a backup, or "

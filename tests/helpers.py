@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError
 
 from feed.client import UpstreamClient
 from feed.settings import ApiSettings, Settings
@@ -138,38 +139,45 @@ def consume(
     topic: str,
     *,
     committed_only: bool = True,
-    idle: float = 3.0,
     timeout: float = 60.0,
 ) -> list[dict[str, Any]]:
-    """Every message of ``topic`` from the beginning, as a fresh consumer sees it."""
-    from confluent_kafka import Consumer, KafkaError
+    """Every message of ``topic`` from the beginning, as a fresh consumer sees it.
+
+    Partitions are assigned directly and read to their end (partition EOF), so the
+    answer does not depend on how long a consumer group takes to form on a new broker.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"test-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
             "isolation.level": "read_committed" if committed_only else "read_uncommitted",
         }
     )
-    consumer.subscribe([topic])
     out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    last = time.monotonic()
     try:
-        while time.monotonic() < deadline and time.monotonic() - last < idle:
-            msg = consumer.poll(0.3)
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return out
+        partitions = sorted(meta.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(at_end) < len(partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: partitions {at_end} of {partitions} done")
+            msg = consumer.poll(0.5)
             if msg is None:
                 continue
             if msg.error():
-                if msg.error().code() in (
-                    KafkaError._PARTITION_EOF,
-                    KafkaError.UNKNOWN_TOPIC_OR_PART,
-                ):
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
                     continue
                 raise RuntimeError(str(msg.error()))
-            last = time.monotonic()
+            at_end.discard(msg.partition())
             doc = orjson.loads(msg.value())
             doc["_headers"] = {k: v.decode() for k, v in (msg.headers() or [])}
             doc["_key"] = msg.key().decode() if msg.key() else None

@@ -221,7 +221,7 @@ def test_case_07_401_service_stays_up_and_not_ready(
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert "key-Zq81x" not in out
-    assert consume(kafka, settings.kafka.topic, idle=1) == []
+    assert consume(kafka, settings.kafka.topic) == []
 
 
 @pytest.mark.kafka
