@@ -132,9 +132,7 @@ class Feed:
         self.publisher: Publisher | None = None
         try:
             # One writer per state file: a second run, once or snapshot stops at once.
-            self.store = SnapshotStore(
-                settings.state.path, self.library, exclusive=dry_run is None
-            )
+            self.store = SnapshotStore(settings.state.path, self.library, exclusive=dry_run is None)
         except BaseException:
             self.client.close()
             raise

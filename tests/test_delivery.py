@@ -240,10 +240,14 @@ def test_event_too_large_for_the_broker_goes_to_dead_letters(
     assert report.outcome == "complete"
     assert report.dead_letters == 1
     assert sorted(e["link"]["id"] for e in link_events(settings)) == [
-        "album_asset_1", "album_asset_2", "album_asset_3"]
+        "album_asset_1",
+        "album_asset_2",
+        "album_asset_3",
+    ]
     dead = consume(kafka, settings.kafka.dead_letter_topic)
     assert [(d["link_id"], d["reason"]) for d in dead] == [
-        ("album_asset_big", "event larger than message.max.bytes")]
+        ("album_asset_big", "event larger than message.max.bytes")
+    ]
     # Known to the snapshot, so it is not re-reported, and never reported removed.
     assert walk_once(settings).events == {}
 
@@ -270,11 +274,23 @@ def test_replaced_producer_does_not_republish_what_the_marker_holds(
     publisher = Publisher(settings.kafka, "default")
     publisher.ensure_topics()
     assert publisher.start() == 0
+
     def record(seq: int) -> OutboxRecord:
-        body = {"type": "link_added", "event_id": f"e{seq}", "link": {"id": f"l{seq}"},
-                "detected_at": "2026-01-01T00:00:00.000000Z"}
-        return OutboxRecord(seq, "link_added", settings.kafka.topic, b"k",
-                            json.dumps(body).encode(), f"e{seq}", b"[]")
+        body = {
+            "type": "link_added",
+            "event_id": f"e{seq}",
+            "link": {"id": f"l{seq}"},
+            "detected_at": "2026-01-01T00:00:00.000000Z",
+        }
+        return OutboxRecord(
+            seq,
+            "link_added",
+            settings.kafka.topic,
+            b"k",
+            json.dumps(body).encode(),
+            f"e{seq}",
+            b"[]",
+        )
 
     batch = [record(1), record(2), record(3)]
     publisher.publish(batch, walk=1)

@@ -24,8 +24,14 @@ OUTAGE_HOME = REPO / ".local" / "kafka-outage"
 
 def broker(*args: str) -> str:
     env = {**os.environ, "FEED_KAFKA_HOME": str(OUTAGE_HOME)}
-    out = subprocess.run([str(REPO / "scripts" / "kafka-local"), *args], env=env,
-                         capture_output=True, text=True, timeout=300, check=False)
+    out = subprocess.run(
+        [str(REPO / "scripts" / "kafka-local"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     return lines[-1] if lines else ""
@@ -48,8 +54,14 @@ def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no
 
 
 def status(env: dict[str, str]) -> dict:  # type: ignore[type-arg]
-    out = subprocess.run([sys.executable, "-m", "feed", "status", "--json"], env=env,
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "feed", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return dict(orjson.loads(out.stdout)) if out.returncode == 0 else {}
 
 
@@ -57,14 +69,18 @@ def test_case_15_broker_outages(
     sim: Simulator, library: Library, own_broker: str, tmp_path: Path
 ) -> None:
     settings = make_settings(sim, own_broker, tmp_path)
-    settings.kafka.config = {"message.timeout.ms": 3000, "socket.timeout.ms": 3000,
-                             "transaction.timeout.ms": 10000}
+    settings.kafka.config = {
+        "message.timeout.ms": 3000,
+        "socket.timeout.ms": 3000,
+        "transaction.timeout.ms": 10000,
+    }
     settings.poll.interval_seconds, settings.poll.jitter_seconds = 0.3, 0
     env = settings_env(settings)
     seed_links(library, 10)
     log = (tmp_path / "feed.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "feed", "run"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "feed", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         wait_until(lambda: status(env).get("links") == 10, 60, "the first walk")
 
@@ -73,8 +89,11 @@ def test_case_15_broker_outages(
         more = [library.add(f"album_asset_b{n}") for n in range(10)]
         time.sleep(2)
         broker("start")
-        wait_until(lambda: status(env).get("links") == 20
-                   and status(env).get("outbox_pending") == 0, 120, "the 10 events")
+        wait_until(
+            lambda: status(env).get("links") == 20 and status(env).get("outbox_pending") == 0,
+            120,
+            "the 10 events",
+        )
 
         # Down for longer than message.timeout.ms while links keep arriving.
         broker("stop")
@@ -84,8 +103,11 @@ def test_case_15_broker_outages(
         library.remove("album_asset_1")
         assert proc.poll() is None, "the publisher died while the broker was away"
         broker("start")
-        wait_until(lambda: status(env).get("links") == 34
-                   and status(env).get("outbox_pending") == 0, 180, "the backlog")
+        wait_until(
+            lambda: status(env).get("links") == 34 and status(env).get("outbox_pending") == 0,
+            180,
+            "the backlog",
+        )
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)

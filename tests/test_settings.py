@@ -15,12 +15,14 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def test_readme_settings_table_matches_the_declarations() -> None:
     text = README.read_text()
-    block = re.search(r"<!-- settings-table:start -->\n(.*?)<!-- settings-table:end -->",
-                      text, re.S)
+    block = re.search(
+        r"<!-- settings-table:start -->\n(.*?)<!-- settings-table:end -->", text, re.S
+    )
     assert block, "README lost its settings table markers"
     rows = [line for line in block.group(1).splitlines() if line.startswith("| `FEED_")]
-    expected = [f"| `{env}` | `{default}` | {meaning} |" for env, default, meaning
-                in settings_table()]
+    expected = [
+        f"| `{env}` | `{default}` | {meaning} |" for env, default, meaning in settings_table()
+    ]
     assert rows == expected, "regenerate the table with `feed config --table`"
 
 
