@@ -78,15 +78,41 @@ def seed_links(library: Library, count: int) -> list[str]:
 # -- Kafka -------------------------------------------------------------------------------
 
 
-def kafka_cmd(*args: str, timeout: float = 300) -> str:
+def kafka_cmd(*args: str, home: Path | None = None, timeout: float = 300) -> str:
+    """scripts/kafka-local, for the shared broker or (``home``) a broker of one test's own."""
+    env = {**os.environ, "FEED_KAFKA_HOME": str(home)} if home else None
     result = subprocess.run(
-        [str(KAFKA_SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [str(KAFKA_SCRIPT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(
             f"kafka-local {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         )
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+
+def private_broker(home: Path) -> Iterator[str]:
+    """A broker of its own under ``home``, for tests that stop and start it."""
+    address = kafka_cmd("start", home=home)
+    yield address
+    kafka_cmd("stop", home=home)
+
+
+def walk_once(settings: Settings) -> Any:
+    """One walk by a fresh publisher, closed afterwards, as `feed once` does it."""
+    from feed.engine import Feed
+
+    feed = Feed(settings)
+    try:
+        feed.open()
+        return feed.run_walk()
+    finally:
+        feed.close()
 
 
 @pytest.fixture(scope="session")

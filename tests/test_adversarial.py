@@ -7,23 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import consume, make_settings, seed_links
+from helpers import consume, make_settings, seed_links, walk_once
 
-from feed.engine import Feed, WalkReport
+from feed.engine import Feed
 from feed.settings import Settings
 from feed.simulator import Library, Simulator
 from feed.store import SnapshotStore
 
 pytestmark = pytest.mark.kafka
-
-
-def _walk_once(settings: Settings) -> WalkReport:
-    feed = Feed(settings)
-    try:
-        feed.open()
-        return feed.run_walk()
-    finally:
-        feed.close()
 
 
 @pytest.mark.timeout(90)
@@ -51,7 +42,7 @@ def test_regression_oversized_record_blocks_the_outbox(
         "created_at": "not a date",
         "updated_at": "2024-01-01T00:00:00Z",
     }
-    report = _walk_once(settings)
+    report = walk_once(settings)
     assert report.outcome == "complete"
     events = consume(kafka, settings.kafka.topic)
     assert sorted(e["link"]["id"] for e in events) == ["album_asset_1", "album_asset_2"]
@@ -143,7 +134,7 @@ def test_regression_bad_librdkafka_setting_is_a_traceback(
     settings = make_settings(sim, kafka, tmp_path)
     settings.kafka.config = config
     with pytest.raises(ConfigError, match="FEED_KAFKA__CONFIG") as caught:
-        _walk_once(settings)
+        walk_once(settings)
     assert "hunter2" not in str(caught.value)
 
 
@@ -178,7 +169,7 @@ def test_regression_sigterm_ignored_while_retrying(
 def test_regression_oauthbearer_config_shown_by_feed_config() -> None:
     """`feed config` masked sasl.password but printed sasl.oauthbearer.config, which
     holds client credentials as text, in the clear."""
-    from feed.settings import Settings, masked
+    from feed.settings import masked
 
     settings = Settings(
         kafka={"config": {"sasl.oauthbearer.config": "clientId=a clientSecret=s3cr3t"}}
@@ -213,7 +204,6 @@ def test_regression_readded_link_reuses_its_event_id(
     """A link removed and re-added with the very same values got the id of its first
     link_added, so a consumer de-duplicating on ids dropped the re-add."""
     from helpers import fold, truth
-    from test_delivery import walk_once
 
     settings = make_settings(sim, kafka, tmp_path)
     library.add("album_asset_x", album_id="album_a", asset_id="asset_a")

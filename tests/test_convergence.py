@@ -41,7 +41,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from helpers import REPO, consume, fold, make_settings, run_feed, settings_env, truth
+from helpers import (
+    REPO,
+    consume,
+    fold,
+    kafka_cmd,
+    make_settings,
+    private_broker,
+    run_feed,
+    settings_env,
+    truth,
+)
 
 from feed.failpoints import POINTS
 from feed.simulator import Library, Simulator
@@ -70,25 +80,12 @@ OUTAGE_EXITS = {*FAULTY_EXITS, 6}
 
 
 def broker(*args: str) -> str:
-    env = {**os.environ, "FEED_KAFKA_HOME": str(HOME)}
-    out = subprocess.run(
-        [str(REPO / "scripts" / "kafka-local"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
-    return lines[-1] if lines else ""
+    return kafka_cmd(*args, home=HOME)
 
 
 @pytest.fixture(scope="module")
 def own_broker() -> Iterator[str]:
-    address = broker("start")
-    yield address
-    broker("stop")
+    yield from private_broker(HOME)
 
 
 # -- the plan ------------------------------------------------------------------------------

@@ -10,22 +10,13 @@ from typing import Any
 
 import jsonschema
 import pytest
-from helpers import consume, fold, make_settings, seed_links, truth
+from helpers import consume, fold, make_settings, seed_links, truth, walk_once
 
 from feed.engine import Feed
 from feed.settings import Settings
 from feed.simulator import Library, Simulator
 
 pytestmark = pytest.mark.kafka
-
-
-def walk_once(settings: Settings) -> Any:
-    feed = Feed(settings)
-    try:
-        feed.open()
-        return feed.run_walk()
-    finally:
-        feed.close()
 
 
 def link_events(settings: Settings) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@ shared one) is stopped and started here, so other tests are not disturbed."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import REPO, consume, fold, make_settings, seed_links, settings_env, truth
+from helpers import (
+    REPO,
+    consume,
+    fold,
+    kafka_cmd,
+    make_settings,
+    private_broker,
+    seed_links,
+    settings_env,
+    truth,
+)
 
 from feed.simulator import Library, Simulator
 
@@ -23,25 +32,12 @@ OUTAGE_HOME = REPO / ".local" / "kafka-outage"
 
 
 def broker(*args: str) -> str:
-    env = {**os.environ, "FEED_KAFKA_HOME": str(OUTAGE_HOME)}
-    out = subprocess.run(
-        [str(REPO / "scripts" / "kafka-local"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
-    return lines[-1] if lines else ""
+    return kafka_cmd(*args, home=OUTAGE_HOME)
 
 
 @pytest.fixture(scope="module")
 def own_broker() -> Iterator[str]:
-    address = broker("start")
-    yield address
-    broker("stop")
+    yield from private_broker(OUTAGE_HOME)
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

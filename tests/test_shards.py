@@ -7,8 +7,16 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import consume, fold, make_settings, run_feed, seed_links, settings_env, truth
-from test_delivery import walk_once
+from helpers import (
+    consume,
+    fold,
+    make_settings,
+    run_feed,
+    seed_links,
+    settings_env,
+    truth,
+    walk_once,
+)
 
 from feed.simulator import Library, Simulator
 
