@@ -8,7 +8,6 @@ found it, so an event keeps its id whichever retry or restart publishes it.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -147,7 +146,3 @@ def dead_letter_body(
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def epoch_now() -> float:
-    return time.time()

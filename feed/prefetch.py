@@ -9,11 +9,25 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 _DONE = object()
+
+
+def put_unless_closed(out: queue.Queue[Any], item: object, closed: threading.Event) -> bool:
+    """Put ``item`` on a bounded queue, giving up (False) once ``closed`` is set.
+
+    A producer thread must not block for ever on a queue its consumer has abandoned.
+    """
+    while not closed.is_set():
+        try:
+            out.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 class Prefetch(Generic[T]):
@@ -42,13 +56,7 @@ class Prefetch(Generic[T]):
         self._put(_DONE)
 
     def _put(self, item: object) -> bool:
-        while not self._closed.is_set():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_closed(self._queue, item, self._closed)
 
     def __iter__(self) -> Iterator[T]:
         while True:

@@ -26,6 +26,7 @@ from typing import Any
 
 from feed.client import UpstreamClient
 from feed.errors import WalkIncomplete
+from feed.prefetch import put_unless_closed
 from feed.walk import PageWalk, WalkPage, WalkResult
 
 log = logging.getLogger(__name__)
@@ -142,13 +143,7 @@ class ShardedWalk:
                 return
 
     def _put(self, item: ShardPage | _ShardEnd) -> bool:
-        while not self._closed.is_set():
-            try:
-                self._out.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_closed(self._out, item, self._closed)
 
     def close(self) -> None:
         self._closed.set()
